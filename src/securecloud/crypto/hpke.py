@@ -31,9 +31,10 @@ def _suite(kem_id: int) -> hpke.Suite:
 def _kem_id(key) -> int:
     if isinstance(key, x25519.X25519PublicKey | x25519.X25519PrivateKey):
         return 0x20
-    if isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
-        if isinstance(key.curve, ec.SECP256R1):
-            return 0x10
+    if isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) and isinstance(
+        key.curve, ec.SECP256R1
+    ):
+        return 0x10
     raise FormatError(f"{type(key).__name__} cannot receive HPKE (need X25519 or P-256)")
 
 

@@ -1,0 +1,1 @@
+"""The `securecloud` command: one module per command group."""

@@ -1,0 +1,23 @@
+"""The `securecloud` command."""
+
+import typer
+
+from securecloud.cli import cas, las, platform, runtime
+from securecloud.cli.demo import demo
+
+app = typer.Typer(
+    help="securecloud: confidential processing of smart-metering data on untrusted clouds. "
+    "Runs in simulation mode on machines without a TEE (no hardware isolation).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(las.app, name="las")
+app.add_typer(cas.app, name="cas")
+app.add_typer(runtime.app, name="runtime")
+app.command()(demo)
+app.command()(platform.up)
+app.command()(platform.status)
+app.command()(platform.down)
+
+if __name__ == "__main__":
+    app()

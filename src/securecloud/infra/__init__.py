@@ -1,0 +1,1 @@
+"""Infrastructure services: LAS, CAS, monitoring, and the web plumbing they share."""

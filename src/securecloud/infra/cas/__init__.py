@@ -1,0 +1,1 @@
+"""Configuration and Attestation Service: policies, secrets, attestation, CA, audit log."""

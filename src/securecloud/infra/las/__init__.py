@@ -1,0 +1,1 @@
+"""Local attestation service: the simulated quoting service of one machine."""
