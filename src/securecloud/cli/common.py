@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from securecloud.crypto.errors import CryptoError
 from securecloud.infra.supervisor import SupervisorError
@@ -31,7 +32,7 @@ DataDir = Annotated[
 
 
 def fail(message: str, code: int = 1) -> None:
-    errors.print(f"[bold red]error:[/] {message}")
+    errors.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(code)
 
 

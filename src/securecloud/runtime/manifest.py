@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,8 +62,16 @@ class ServiceManifest:
         }
 
     def load_entry_point(self):
+        """Import the entry point from the measured code (its roots' parents go on sys.path)."""
+        for root in self.code:
+            parent = str(Path(root).parent)
+            if parent not in sys.path:
+                sys.path.insert(0, parent)
         module, _, attr = self.entry_point.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ManifestError(f"entry_point: cannot load {self.entry_point!r}: {exc}") from exc
 
 
 def builtin_service(name: str, entry_point: str, heap_mb: int, debug: bool = False):

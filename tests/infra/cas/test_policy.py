@@ -1,8 +1,8 @@
 """Policy parsing and the rules of creating and updating sessions."""
 
-import pytest
-
 import re
+
+import pytest
 
 from securecloud.crypto import canonical, fingerprint, generate_signing_key, sign
 from securecloud.infra.cas import ca
@@ -87,7 +87,7 @@ def _owner(cas):
 def test_require_at_least_needs_valid_approvals(make_cas):
     cas = make_cas()
     key_b, cert_b, fp_b = _owner(cas)
-    key_c, cert_c, fp_c = _owner(cas)
+    key_c, _cert_c, fp_c = _owner(cas)
     quorum = BASE.replace(
         f'update: {{signers: [CREATOR, "{BOB}"], require_at_least: 1}}',
         f'update: {{signers: [CREATOR, "{fp_b}", "{fp_c}"], require_at_least: 2}}',

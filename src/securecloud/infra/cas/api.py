@@ -8,12 +8,13 @@ with a 4xx status; the stable `reason` codes are listed in docs/cas.md.
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
 import securecloud
 from securecloud.infra.cas.ca import client_fingerprint
+from securecloud.infra.cas.policy import NAME
 from securecloud.infra.cas.service import Approval, Cas
 from securecloud.infra.web import make_app, peer_certificate
 
@@ -101,7 +102,10 @@ def create_app(cas: Cas) -> FastAPI:
         return ApplyResponse(**cas.apply_policy(body.policy, _fingerprint(request), approvals))
 
     @app.get("/v1/sessions/{name}", tags=["owners"])
-    def show_policy(name: str, request: Request) -> dict:
+    def show_policy(
+        request: Request,
+        name: str = Path(pattern=NAME.pattern, description="session name"),
+    ) -> dict:
         return cas.show_policy(name, _fingerprint(request))
 
     @app.post("/v1/attestation/nonce", response_model=NonceResponse, tags=["attestation"])

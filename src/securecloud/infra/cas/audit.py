@@ -92,7 +92,7 @@ class AuditLog:
         self._pending: list[bytes] = []
         self._durable = self.head.seq
         self._flushing = False
-        self._error: OSError | None = None
+        self._error: BaseException | None = None
 
     def _entry(self, event: str, fields: dict) -> bytes:
         entry = {
@@ -126,8 +126,10 @@ class AuditLog:
                 try:
                     os.write(self._fd, b"".join(b + b"\n" for b in batch))
                     os.fsync(self._fd)
-                except OSError as exc:
-                    self._error = exc  # nothing after this entry may be acknowledged
+                except BaseException as exc:
+                    # This batch may not be on disk: acknowledge nothing from here on.
+                    self._error = exc
+                    raise
                 finally:
                     self._lock.acquire()
                     self._flushing = False

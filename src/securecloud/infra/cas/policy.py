@@ -371,7 +371,7 @@ class _StrictLoader(yaml.SafeLoader):
 def parse_policy(text: str | bytes, *, creator: str | None = None) -> Session:
     """Parse and validate a policy; `creator` is the fingerprint CREATOR stands for."""
     try:
-        doc = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        doc = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         raise PolicyError(f"not valid YAML: {exc}") from exc
     allowed = {

@@ -1,0 +1,106 @@
+"""The commands against a real platform started with `securecloud up`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from securecloud.infra.supervisor import free_port
+
+
+def sc(data_dir, *args, check=True):
+    result = subprocess.run(
+        [sys.executable, "-m", "securecloud.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "SECURECLOUD_DATA_DIR": str(data_dir), "COLUMNS": "200"},
+    )
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("cli")
+    sc(data_dir, "up", "--las-port", str(free_port()), "--cas-port", str(free_port()))
+    yield data_dir
+    sc(data_dir, "down")
+
+
+def test_status_reports_healthy_services(platform):
+    out = sc(platform, "status").stdout
+    assert out.count("healthy") == 2 and "las" in out and "cas" in out
+
+
+def test_up_twice_is_refused_clearly(platform):
+    result = sc(platform, "up", check=False)
+    assert result.returncode == 1 and "already runs" in result.stderr
+
+
+def test_owner_applies_and_shows_a_policy_and_a_service_launches(platform, tmp_path):
+    fingerprint = sc(platform, "cas", "identity", "create").stdout.strip()
+    assert len(fingerprint) == 64
+    mrenclave = sc(platform, "runtime", "measure", "demo-echo").stdout.strip()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"""
+name: cli
+services:
+  - name: echo
+    mrenclaves: ["{mrenclave}"]
+    environment: {{API_TOKEN: "$$SC::token$$"}}
+    injection_files: [{{path: token.txt, content: "$$SC::token$$"}}]
+secrets: [{{name: token, kind: ascii, size: 16}}]
+security: {{attestation: {{tolerate: [simulation]}}}}
+""")
+    applied = sc(platform, "cas", "policy", "apply", str(policy)).stdout
+    assert "created session cli version 1" in applied
+    shown = json.loads(sc(platform, "cas", "policy", "show", "cli").stdout)
+    assert shown["creator"] == fingerprint and shown["secrets"]["token"]["value"] == "<redacted>"
+    launched = sc(platform, "runtime", "launch", "demo-echo", "--config-id", "cli/echo")
+    assert "API_TOKEN received: 16 characters" in launched.stdout
+    refused = sc(
+        platform, "runtime", "launch", "demo-echo", "--config-id", "cli/nothing", check=False
+    )
+    assert refused.returncode == 3 and "unknown-config" in refused.stderr
+
+
+def test_bad_policy_file_fails_with_the_field_and_changes_nothing(platform, tmp_path):
+    if not (platform / "identity" / "identity.key").exists():
+        sc(platform, "cas", "identity", "create")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: broken\nsecrets: [{name: k, kind: rsa}]\n")
+    result = sc(platform, "cas", "policy", "apply", str(bad), check=False)
+    assert result.returncode == 1 and "secrets[0].kind" in result.stderr
+    missing = sc(platform, "cas", "policy", "show", "broken", check=False)
+    assert missing.returncode == 1 and "no-such-session" in missing.stderr
+
+
+def test_audit_verify_accepts_the_log_then_detects_truncation(platform, tmp_path):
+    checkpoint = tmp_path / "checkpoint.json"
+    ok = sc(platform, "cas", "audit", "verify", "--checkpoint", str(checkpoint))
+    assert "audit log OK" in ok.stdout
+    log = platform / "cas" / "audit.log"
+    copy = tmp_path / "audit.log"
+    lines = log.read_bytes().split(b"\n")
+    copy.write_bytes(b"\n".join(lines[:2]) + b"\n")
+    truncated = sc(
+        platform,
+        "cas",
+        "audit",
+        "verify",
+        "--log",
+        str(copy),
+        "--checkpoint",
+        str(checkpoint),
+        check=False,
+    )
+    assert truncated.returncode == 2 and "truncated or rolled back" in truncated.stderr
+
+
+def test_show_config_prints_settings_without_starting(tmp_path):
+    out = json.loads(sc(tmp_path, "cas", "serve", "--show-config", "--port", "9999").stdout)
+    assert out["port"] == "9999"
