@@ -26,29 +26,34 @@ _PREFIX = b"securecloud/measurement/v1\n"
 _file_hash_cache: dict[tuple[str, int, int], str] = {}
 
 
-def _file_digest(path: Path) -> str:
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
+def _file_digest(path: str, stat: os.stat_result) -> str:
+    key = (path, stat.st_size, stat.st_mtime_ns)
     cached = _file_hash_cache.get(key)
     if cached is None:
-        cached = hashlib.sha256(path.read_bytes()).hexdigest()
+        with open(path, "rb") as handle:
+            cached = hashlib.sha256(handle.read()).hexdigest()
         _file_hash_cache[key] = cached
     return cached
 
 
+def _walk(directory: str, prefix: str, out: list[list[str]]) -> None:
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if entry.name != "__pycache__":
+                    _walk(entry.path, f"{prefix}{entry.name}/", out)
+            elif entry.is_file() and not entry.name.endswith(".pyc"):
+                out.append([prefix + entry.name, _file_digest(entry.path, entry.stat())])
+
+
 def _listing(root: Path) -> list[list[str]]:
-    if root.is_file():
-        return [[root.name, _file_digest(root)]]
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
-        for filename in filenames:
-            if filename.endswith(".pyc"):
-                continue
-            path = Path(dirpath) / filename
-            if path.is_file():
-                relative = path.relative_to(root).as_posix()
-                entries.append([f"{root.name}/{relative}", _file_digest(path)])
+    """[[<root name>/<relative POSIX path>, <sha256 hex>], ...]; re-hashes only files
+    whose size or modification time changed since the last call."""
+    path = str(root)
+    if os.path.isfile(path):
+        return [[root.name, _file_digest(path, os.stat(path))]]
+    entries: list[list[str]] = []
+    _walk(path, f"{root.name}/", entries)
     return entries
 
 

@@ -78,7 +78,7 @@ def create_app(platform: Platform) -> FastAPI:
     )
 
     @app.get("/v1/platform")
-    def platform_info() -> dict:
+    async def platform_info() -> dict:
         return {
             "platform_id": platform.platform_id,
             "public_key": platform.public_key_pem.decode(),
@@ -87,7 +87,7 @@ def create_app(platform: Platform) -> FastAPI:
         }
 
     @app.post("/v1/quote")
-    def quote(request: QuoteRequest) -> dict:
+    async def quote(request: QuoteRequest) -> dict:
         identity = _identity(platform, request.service, request.sigstruct)
         body = {
             **identity,
@@ -98,7 +98,7 @@ def create_app(platform: Platform) -> FastAPI:
         return sign_quote(platform.signing_key, body).to_json()
 
     @app.post("/v1/seal-key")
-    def seal_key(request: SealKeyRequest) -> dict:
+    async def seal_key(request: SealKeyRequest) -> dict:
         identity = _identity(platform, request.service, request.sigstruct)
         try:
             recipient = load_public_bytes(bytes.fromhex(request.public_key))
