@@ -33,8 +33,7 @@ import aiohttp
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import summary_ms, write_results  # noqa: E402
-
+from common import summary_ms, write_results
 from securecloud.crypto import canonical, decrypt_with, encrypt_to, generate_signing_key, sign
 from securecloud.infra.cas.client import CasClient
 from securecloud.infra.supervisor import Supervisor, free_port

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import httpx
 
+from securecloud.runtime.processes import alive
+
 LAS_PORT = 8080
 CAS_PORT = 8081
 
@@ -76,7 +78,7 @@ class Supervisor:
         self, name: str, args: list[str], url: str, ca: Path | None = None, timeout: float = 30.0
     ) -> Running:
         for existing in self.running():
-            if existing.name == name and _alive(existing.pid):
+            if existing.name == name and alive(existing.pid):
                 raise SupervisorError(
                     f"{name} already runs (pid {existing.pid}); `securecloud down` first"
                 )
@@ -151,20 +153,6 @@ class Supervisor:
         return started
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours counts as gone
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
-
-
 def _terminate(pid: int, grace: float = 15.0) -> None:
     try:
         os.killpg(pid, signal.SIGTERM)
@@ -172,7 +160,7 @@ def _terminate(pid: int, grace: float = 15.0) -> None:
         return
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not alive(pid):
             return
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):

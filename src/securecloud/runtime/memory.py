@@ -26,6 +26,7 @@ from pathlib import Path
 from prometheus_client import Counter, Gauge
 
 from securecloud.runtime.errors import BudgetError
+from securecloud.runtime.processes import alive
 
 DEFAULT_BUDGET_MB = 93
 log = logging.getLogger(__name__)
@@ -47,16 +48,6 @@ class Reservation:
     overcommit: bool
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class MemoryBudget:
     def __init__(self, ledger_dir: Path, budget_mb: int = DEFAULT_BUDGET_MB):
         if budget_mb <= 0:
@@ -75,7 +66,7 @@ class MemoryBudget:
                 entries = []
                 if self.ledger.exists():
                     entries = [Reservation(**e) for e in json.loads(self.ledger.read_text())]
-                entries = [e for e in entries if _alive(e.pid)]
+                entries = [e for e in entries if alive(e.pid)]
                 yield entries
                 tmp = self.ledger.with_suffix(".tmp")
                 tmp.write_text(json.dumps([asdict(e) for e in entries]))

@@ -34,6 +34,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from securecloud.crypto import CryptoError, canonical, derive_key, open_sealed, seal
+from securecloud.runtime.durable import atomic_write
 from securecloud.runtime.errors import RollbackError, ShieldedFileError
 
 CHUNK_SIZE = 64 * 1024
@@ -41,14 +42,6 @@ _NONCE = 12
 _TAG = 16
 _SLOT = _NONCE + CHUNK_SIZE + _TAG
 _META_AAD = b"securecloud/shielded-meta\x00"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ShieldedFile:
@@ -105,15 +98,7 @@ class ShieldedFile:
         blob = seal(
             self._meta_key, canonical.encode(doc), _META_AAD + self.file_id, key_id=b"shielded-meta"
         )
-        tmp = self.meta_path.with_name(self.meta_path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, blob)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.meta_path)
-        _fsync_dir(self.meta_path.parent)
+        atomic_write(self.meta_path, blob)
 
     # -- chunks -----------------------------------------------------------
     def _aad(self, index: int, chunk_version: int, slot: int) -> bytes:

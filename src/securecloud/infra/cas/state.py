@@ -23,27 +23,12 @@ from pathlib import Path
 
 from securecloud.crypto import CryptoError, canonical, decrypt_with, encrypt_to
 from securecloud.infra.cas.errors import CasError
+from securecloud.runtime.durable import atomic_write
 from securecloud.runtime.errors import SealingError
 from securecloud.runtime.sealing import Sealer
 from securecloud.runtime.shielded import ShieldedFile
 
 _RECOVERY_AAD = b"securecloud/cas-recovery/v1"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class StateStore:
@@ -61,7 +46,7 @@ class StateStore:
             self._save_key()
         if recovery_public_key is not None:
             blob = encrypt_to(recovery_public_key, canonical.encode(self._key), _RECOVERY_AAD)
-            _atomic_write(self.recovery_path, blob)
+            atomic_write(self.recovery_path, blob)
 
     def _unseal_key(self) -> dict:
         try:
@@ -77,9 +62,7 @@ class StateStore:
             ) from exc
 
     def _save_key(self) -> None:
-        _atomic_write(
-            self.key_path, self.sealer.seal(canonical.encode(self._key), b"cas-state-key")
-        )
+        atomic_write(self.key_path, self.sealer.seal(canonical.encode(self._key), b"cas-state-key"))
 
     def _open(self) -> ShieldedFile:
         return ShieldedFile(
@@ -119,6 +102,6 @@ def recover(directory: Path, recovery_private_key, sealer: Sealer) -> None:
         )
     except (OSError, CryptoError) as exc:
         raise CasError(f"recovery failed: {exc}", reason="recovery-failed") from exc
-    _atomic_write(
+    atomic_write(
         directory / "state-key.sealed", sealer.seal(canonical.encode(key), b"cas-state-key")
     )
