@@ -26,6 +26,7 @@ from securecloud.crypto import (
     generate_signing_key,
     load_private_key_pem,
     private_key_pem,
+    public_key_pem,
     verify,
 )
 from securecloud.crypto.agreement import load_public_bytes
@@ -147,8 +148,6 @@ class Cas:
         }
 
     def _write_public_files(self) -> None:
-        from securecloud.crypto import public_key_pem
-
         (self.directory / "ca.crt").write_text(self.state["ca"]["crt"])
         (self.directory / "audit.pub").write_bytes(public_key_pem(self.audit_key.public_key()))
 
@@ -378,7 +377,9 @@ class Cas:
         except (ValueError, CryptoError) as exc:
             raise CasError(f"nonce/public_key: {exc}", reason="invalid-request") from exc
         self.nonces.consume(nonce)
-        session = self.sessions.get(session_name)
+        with self._lock:  # a policy and its secrets, of the same version
+            session = self.sessions.get(session_name)
+            stored = self.state["sessions"].get(session_name)
         service = session.service(service_name) if session else None
         if service is None:
             raise SessionNotFound(f"config_id: no service {config_id!r}", reason="unknown-config")
@@ -396,7 +397,7 @@ class Cas:
             )
         self._check_tolerances(session, claims)
         self._check_identity(service, claims, config_id)
-        config = self._render(session, service)
+        config = self._render(session, service, stored["secrets"])
         aad = config_aad(session.name, session.hash, service.name)
         sealed = encrypt_to(recipient, canonical.encode(config.to_json()), aad)
         self.audit.append(
@@ -465,12 +466,11 @@ class Cas:
             reason="wrong-measurement",
         )
 
-    def _lookup(self, session: Session, ref: str) -> str:
+    def _lookup(self, session: Session, records: dict, ref: str) -> str:
         base, view = ref, ""
         for candidate in (".crt", ".key", ".chain", ".pub"):
             if ref.endswith(candidate):
                 base, view = ref[: -len(candidate)], candidate
-        records = self.state["sessions"][session.name]["secrets"]
         if base in records:
             return secrets.render(records[base], view)
         imp = next(i for i in session.imports if i.alias == base)
@@ -481,11 +481,13 @@ class Cas:
                 f"import {imp.session}/{imp.secret}: not exported to {session.name}",
                 reason="import-not-exported",
             )
-        return secrets.render(self.state["sessions"][imp.session]["secrets"][imp.secret], view)
+        with self._lock:
+            record = self.state["sessions"][imp.session]["secrets"][imp.secret]
+        return secrets.render(record, view)
 
-    def _render(self, session: Session, service) -> ServiceConfig:
+    def _render(self, session: Session, service, records: dict) -> ServiceConfig:
         def fill(text: str) -> str:
-            return PLACEHOLDER.sub(lambda m: self._lookup(session, m.group(1)), text)
+            return PLACEHOLDER.sub(lambda m: self._lookup(session, records, m.group(1)), text)
 
         return ServiceConfig(
             session=session.name,

@@ -7,8 +7,6 @@ It listens on loopback only, as the AESM socket would.
 
 from __future__ import annotations
 
-import re
-
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
@@ -24,8 +22,6 @@ from securecloud.runtime.measurement import measure
 from securecloud.runtime.sealing import derive_sealing_key
 from securecloud.runtime.sigstruct import UNSIGNED_MRSIGNER, SigStruct
 from securecloud.runtime.sim import TEE, sign_quote
-
-_HEX64 = re.compile(r"^[0-9a-f]{128}$")
 
 
 class QuoteRequest(BaseModel):
