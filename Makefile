@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-quick clean
+.PHONY: demo test lint bench bench-quick clean test-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,15 +20,23 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
+# Servers the tests start themselves (on free ports): installed from Debian when missing.
+test-deps:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server (the work-queue tests run a real Redis)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+
 # pytest's exit code is passed through unchanged: 5 (no tests collected) fails the run.
-test: lint
+test: lint test-deps
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP) test-deps
 	$(BIN)/python bench/cas.py --out bench/results/cas.json
+	$(BIN)/python bench/batch.py --out bench/results/batch.json
 
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) test-deps
 	$(BIN)/python bench/cas.py --quick --out bench/results/cas-quick.json
+	$(BIN)/python bench/batch.py --quick --out bench/results/batch-quick.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -26,14 +26,23 @@ def sc(data_dir, *args, check=True):
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("cli")
-    sc(data_dir, "up", "--las-port", str(free_port()), "--cas-port", str(free_port()))
+    sc(
+        data_dir,
+        "up",
+        "--las-port",
+        str(free_port()),
+        "--cas-port",
+        str(free_port()),
+        "--batch-port",
+        str(free_port()),
+    )
     yield data_dir
     sc(data_dir, "down")
 
 
 def test_status_reports_healthy_services(platform):
     out = sc(platform, "status").stdout
-    assert out.count("healthy") == 2 and "las" in out and "cas" in out
+    assert out.count("healthy") == 3 and all(name in out for name in ("las", "cas", "batch"))
 
 
 def test_up_twice_is_refused_clearly(platform):

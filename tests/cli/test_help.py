@@ -17,7 +17,7 @@ def walk(command, path=()):
 def test_top_level_help_lists_the_command_groups():
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    for group in ("las", "cas", "runtime", "demo", "up", "status", "down"):
+    for group in ("las", "cas", "runtime", "batch", "demo", "up", "status", "down"):
         assert group in result.output
 
 

@@ -2,7 +2,7 @@
 
 import typer
 
-from securecloud.cli import cas, las, platform, runtime
+from securecloud.cli import batch, cas, las, platform, runtime
 from securecloud.cli.demo import demo
 
 app = typer.Typer(
@@ -14,6 +14,7 @@ app = typer.Typer(
 app.add_typer(las.app, name="las")
 app.add_typer(cas.app, name="cas")
 app.add_typer(runtime.app, name="runtime")
+app.add_typer(batch.app, name="batch")
 app.command()(demo)
 app.command()(platform.up)
 app.command()(platform.status)

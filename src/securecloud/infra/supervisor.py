@@ -27,6 +27,7 @@ from securecloud.runtime.processes import alive
 
 LAS_PORT = 8080
 CAS_PORT = 8081
+BATCH_PORT = 8082
 
 
 class SupervisorError(Exception):
@@ -129,24 +130,34 @@ class Supervisor:
                 stopped.append(service.name)
         return stopped
 
-    def up(self, las_port: int = LAS_PORT, cas_port: int = CAS_PORT) -> list[Running]:
-        """Start the embedded platform: LAS, then CAS (which needs the LAS)."""
+    def up(
+        self, las_port: int = LAS_PORT, cas_port: int = CAS_PORT, batch_port: int | None = None
+    ) -> list[Running]:
+        """Start the embedded platform: LAS, then CAS (which needs the LAS), then the
+        batch manager when `batch_port` is given (its workers attest to that CAS)."""
         data = str(self.data_dir)
-        las_url = f"http://127.0.0.1:{las_port}"
-        started = [
-            self.start(
-                "las", ["las", "serve", "--data-dir", data, "--port", str(las_port)], las_url
-            )
-        ]
+        las_url, cas_url = f"http://127.0.0.1:{las_port}", f"https://127.0.0.1:{cas_port}"
+        las_args = ["las", "serve", "--data-dir", data, "--port", str(las_port)]
+        started = [self.start("las", las_args, las_url)]
         try:
+            cas_args = ["cas", "serve", "--data-dir", data, "--port", str(cas_port)]
             started.append(
                 self.start(
                     "cas",
-                    ["cas", "serve", "--data-dir", data, "--port", str(cas_port), "--las", las_url],
-                    f"https://127.0.0.1:{cas_port}",
+                    [*cas_args, "--las", las_url],
+                    cas_url,
                     ca=self.data_dir / "cas" / "ca.crt",
                 )
             )
+            if batch_port is not None:
+                batch_args = ["batch", "serve", "--data-dir", data, "--port", str(batch_port)]
+                started.append(
+                    self.start(
+                        "batch",
+                        [*batch_args, "--cas", cas_url, "--las", las_url],
+                        f"http://127.0.0.1:{batch_port}",
+                    )
+                )
         except SupervisorError:
             self.stop_all()
             raise

@@ -82,7 +82,7 @@ def main() -> int:
         budget.reserve(
             manifest.name,
             os.getpid(),
-            manifest.heap_mb,
+            int(env.get("SECURECLOUD_HEAP_MB") or manifest.heap_mb),
             overcommit=env.get("SECURECLOUD_OVERCOMMIT") == "1",
         )
     except EnclaveError as exc:

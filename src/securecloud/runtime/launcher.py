@@ -36,6 +36,7 @@ class LaunchSpec:
     overcommit: bool = False
     sigstruct: Path | None = None
     attester: str = "sim"
+    heap_mb: int | None = None  # reservation, when a job declares more than the manifest
 
     def environment(self) -> dict[str, str]:
         env = {
@@ -55,6 +56,8 @@ class LaunchSpec:
         }
         if self.sigstruct is not None:
             env["SECURECLOUD_SIGSTRUCT"] = str(self.sigstruct)
+        if self.heap_mb is not None:
+            env["SECURECLOUD_HEAP_MB"] = str(self.heap_mb)
         return env
 
 
@@ -67,9 +70,10 @@ def launch(spec: LaunchSpec, **popen_kwargs) -> subprocess.Popen:
     manifest = load_manifest(spec.service)
     budget = MemoryBudget(spec.ledger_dir, spec.budget_mb)
     free = budget.free_mb()
-    if manifest.heap_mb > free and not spec.overcommit:
+    heap = spec.heap_mb or manifest.heap_mb
+    if heap > free and not spec.overcommit:
         raise BudgetError(
-            f"{manifest.name} needs {manifest.heap_mb} MB of enclave memory but only {free} of "
+            f"{manifest.name} needs {heap} MB of enclave memory but only {free} of "
             f"{spec.budget_mb} MB are free on this node (pass --overcommit to start it anyway)"
         )
     spec.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -1,0 +1,1 @@
+"""Platform services: the KVS, CascaDB, SCBR and Asperathos batch processing."""

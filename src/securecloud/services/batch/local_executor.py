@@ -1,0 +1,79 @@
+"""Workers as local processes, each an attested service started by the runtime launcher.
+
+`scale(n)` starts workers (each attests to CAS before it runs) or asks the
+newest ones to stop (SIGTERM: they finish their current item). Workers that
+exit by themselves (queue drained) or die are noticed on the next call, so a
+killed worker is replaced and its item comes back when its lease expires.
+Worker-seconds (the cost of the job in enclave-time) are accounted per worker.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from securecloud.runtime.launcher import LaunchSpec, launch
+
+
+@dataclass
+class _Worker:
+    process: subprocess.Popen
+    started: float
+    ended: float | None = None
+    stopping: bool = False
+
+
+@dataclass
+class LocalExecutor:
+    spec: Callable[[int], LaunchSpec]
+    log_dir: Path
+    clock: Callable[[], float] = time.monotonic
+    workers: list[_Worker] = field(default_factory=list)
+    launched: int = 0
+
+    def _reap(self) -> None:
+        for worker in self.workers:
+            if worker.ended is None and worker.process.poll() is not None:
+                worker.ended = self.clock()
+
+    def running(self) -> list[_Worker]:
+        self._reap()
+        return [w for w in self.workers if w.ended is None]
+
+    def replicas(self) -> int:
+        return sum(1 for w in self.running() if not w.stopping)
+
+    def scale(self, target: int) -> int:
+        active = [w for w in self.running() if not w.stopping]
+        for _ in range(target - len(active)):
+            self.launched += 1
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.log_dir / f"worker-{self.launched}.log", "ab") as log:
+                process = launch(self.spec(self.launched), stdout=log, stderr=subprocess.STDOUT)
+            self.workers.append(_Worker(process, self.clock()))
+        for worker in sorted(active, key=lambda w: w.started)[target:]:
+            worker.stopping = True
+            worker.process.send_signal(signal.SIGTERM)
+        return self.replicas()
+
+    def worker_seconds(self) -> float:
+        now = self.clock()
+        return sum((w.ended or now) - w.started for w in self.workers)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for worker in self.running():
+            worker.stopping = True
+            worker.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for worker in self.workers:
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                worker.process.wait(remaining)
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait()
+        self._reap()

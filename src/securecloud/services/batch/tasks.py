@@ -1,0 +1,40 @@
+"""Built-in tasks a submission can name as `entry_point` (group `securecloud.batch.tasks`).
+
+A task is a callable taking one item (a string); raising marks the item
+failed. Applications register their own tasks under the same group; no code is
+ever uploaded through the API.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import time
+from collections.abc import Callable
+
+TASK_GROUP = "securecloud.batch.tasks"
+
+
+def sleep(item: str) -> None:
+    """Wait `item` seconds: an I/O-bound item of known cost, for tests and benchmarks."""
+    seconds = float(item)
+    if not 0 <= seconds <= 3600:
+        raise ValueError(f"item {item!r}: seconds must be in 0..3600")
+    time.sleep(seconds)
+
+
+def check(item: str) -> None:
+    """Succeed unless the item says `fail`: for exercising retries and dead letters."""
+    if item.startswith("fail"):
+        raise RuntimeError(f"item {item!r} asked to fail")
+
+
+def load_task(name: str) -> Callable[[str], None]:
+    for ep in importlib.metadata.entry_points(group=TASK_GROUP):
+        if ep.name == name:
+            return ep.load()
+    known = ", ".join(sorted(ep.name for ep in importlib.metadata.entry_points(group=TASK_GROUP)))
+    raise LookupError(f"no task named {name!r} (registered: {known})")
+
+
+def task_names() -> list[str]:
+    return sorted(ep.name for ep in importlib.metadata.entry_points(group=TASK_GROUP))
