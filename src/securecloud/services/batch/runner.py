@@ -84,17 +84,18 @@ class Runner(threading.Thread):
 
     def run(self) -> None:
         run = self.run_record
+        final = "failed"
         try:
-            self._run(run)
+            final = self._run(run)
         except Exception as exc:  # recorded on the submission, never lost in a thread
             log.exception("submission %s failed", run.id)
-            run.status, run.error = "failed", f"{type(exc).__name__}: {exc}"
+            run.error = f"{type(exc).__name__}: {exc}"
             run.note(f"failed: {run.error}")
         finally:
             self.executor.stop()
             run.worker_seconds = self.executor.worker_seconds()
             if self.interrupted:
-                run.status = "interrupted"
+                final = "interrupted"
             run.report = summarize(
                 run.samples,
                 run.submission.expected_time,
@@ -102,10 +103,12 @@ class Runner(threading.Thread):
                 run.worker_seconds,
                 run.tolerance,
             )
+            run.status = final  # only now: a reader who sees the end sees the final report
             self.persist(run)
             self.queue.close()
 
-    def _run(self, run: Run) -> None:
+    def _run(self, run: Run) -> str:
+        """Drive the job; return how it ended (finished or stopped)."""
         sub = run.submission
         if not run.pushed:
             count = self.queue.push(self.items())
@@ -128,9 +131,8 @@ class Runner(threading.Thread):
         sample = self._sample(run, monitor)
         while not sample_finished(sample):
             if self.stopping.wait(sub.control.check_interval):
-                run.status = "stopped"
                 run.note("stopped on request" if not self.interrupted else "manager stopping")
-                return
+                return "stopped"
             self.queue.requeue_expired(sub.max_retries)
             sample = self._sample(run, monitor)
             if sample_finished(sample):
@@ -147,12 +149,13 @@ class Runner(threading.Thread):
                 self.executor.scale(decision.replicas)
             self.persist(run)
         run.finished_at = sample.elapsed
-        run.status = "finished"
         run.note(f"finished in {sample.elapsed:.1f} s: {sample.done} done, {sample.failed} failed")
+        return "finished"
 
     def _sample(self, run: Run, monitor: ProgressMonitor) -> Sample:
         sample = monitor.observe(self.queue.stats(), self.executor.replicas())
         run.samples.append(sample)
+        run.worker_seconds = self.executor.worker_seconds()
         return sample
 
 

@@ -7,6 +7,7 @@ ever uploaded through the API.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import time
 from collections.abc import Callable
@@ -20,6 +21,19 @@ def sleep(item: str) -> None:
     if not 0 <= seconds <= 3600:
         raise ValueError(f"item {item!r}: seconds must be in 0..3600")
     time.sleep(seconds)
+
+
+def spin(item: str) -> None:
+    """Burn `item` seconds of this process's CPU time: a CPU-bound item whose wall time
+    grows when workers outnumber cores, as billing and fraud analytics do."""
+    seconds = float(item)
+    if not 0 <= seconds <= 3600:
+        raise ValueError(f"item {item!r}: seconds must be in 0..3600")
+    block = bytes(4096)
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        for _ in range(50):
+            block = hashlib.sha256(block).digest() * 128
 
 
 def check(item: str) -> None:
