@@ -161,6 +161,9 @@ class KubernetesExecutor:
         self._replicas = target
         return target
 
+    def pids(self) -> set[int]:
+        return set()  # pods, not local processes
+
     def replicas(self) -> int:
         if not self._created:
             return 0

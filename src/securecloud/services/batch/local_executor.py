@@ -9,6 +9,7 @@ Worker-seconds (the cost of the job in enclave-time) are accounted per worker.
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import time
@@ -16,7 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from securecloud.runtime.errors import BudgetError
 from securecloud.runtime.launcher import LaunchSpec, launch
+
+log_event = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,6 +48,9 @@ class LocalExecutor:
         self._reap()
         return [w for w in self.workers if w.ended is None]
 
+    def pids(self) -> set[int]:
+        return {w.process.pid for w in self.running()}
+
     def replicas(self) -> int:
         return sum(1 for w in self.running() if not w.stopping)
 
@@ -52,8 +59,12 @@ class LocalExecutor:
         for _ in range(target - len(active)):
             self.launched += 1
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.log_dir / f"worker-{self.launched}.log", "ab") as log:
-                process = launch(self.spec(self.launched), stdout=log, stderr=subprocess.STDOUT)
+            try:
+                with open(self.log_dir / f"worker-{self.launched}.log", "ab") as log:
+                    process = launch(self.spec(self.launched), stdout=log, stderr=subprocess.STDOUT)
+            except BudgetError as exc:  # another job took the memory meanwhile
+                log_event.warning("not starting more workers: %s", exc)
+                break
             self.workers.append(_Worker(process, self.clock()))
         for worker in sorted(active, key=lambda w: w.started)[target:]:
             worker.stopping = True

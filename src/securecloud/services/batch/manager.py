@@ -218,7 +218,12 @@ class Manager:
         heap = submission.enclave_heap_mb
 
         def capacity() -> int:
-            return (self.budget.free_mb() + executor.replicas() * heap) // heap
+            if submission.plugin == "kubejobs":  # the cluster scheduler places by sgx.intel.com/epc
+                return submission.control.max_rep
+            # Everything but what our own workers hold (reserved yet or not) is taken.
+            ours = executor.pids()
+            taken = sum(r.heap_mb for r in self.budget.reservations() if r.pid not in ours)
+            return max(0, self.config.budget_mb - taken) // heap
 
         runner = Runner(
             run, queue, executor, capacity, lambda: self._items(submission), self.persist
