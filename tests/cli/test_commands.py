@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -113,3 +114,43 @@ def test_audit_verify_accepts_the_log_then_detects_truncation(platform, tmp_path
 def test_show_config_prints_settings_without_starting(tmp_path):
     out = json.loads(sc(tmp_path, "cas", "serve", "--show-config", "--port", "9999").stdout)
     assert out["port"] == "9999"
+
+
+def test_batch_job_through_the_cli(platform, tmp_path):
+    job = tmp_path / "job.json"
+    job.write_text(
+        json.dumps(
+            {
+                "plugin": "local",
+                "plugin_info": {
+                    "entry_point": "sleep",
+                    "init_size": 1,
+                    "redis_workload": ["0.05"] * 6,
+                    "control_parameters": {"check_interval": 0.3, "max_rep": 2},
+                    "monitor_info": {"expected_time": 10},
+                },
+            }
+        )
+    )
+    run_id = sc(platform, "batch", "submit", str(job)).stdout.strip()
+    assert len(run_id) == 12
+    for _ in range(100):
+        status = json.loads(sc(platform, "batch", "status", run_id, "--no-watch").stdout)
+        if status["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.2)
+    assert status["status"] == "finished"
+    png = tmp_path / "plot.png"
+    report = json.loads(
+        sc(platform, "batch", "report", run_id, "--png", str(png)).stdout.split("\nplot")[0]
+    )
+    assert report["items_done"] == 6 and png.read_bytes()[:4] == b"\x89PNG"
+    assert "queued 6 items" in sc(platform, "batch", "log", run_id).stdout
+    assert run_id in sc(platform, "batch", "list").stdout
+
+
+def test_batch_submit_of_a_bad_file_names_the_field(platform, tmp_path):
+    job = tmp_path / "bad.json"
+    job.write_text(json.dumps({"plugin": "local", "plugin_info": {"redis_workload": []}}))
+    result = sc(platform, "batch", "submit", str(job), check=False)
+    assert result.returncode == 1 and "plugin_info.redis_workload" in result.stderr

@@ -112,6 +112,11 @@ def parallelism_patch(replicas: int) -> dict:
     return {"spec": {"parallelism": replicas}}
 
 
+def create(manager, run) -> KubernetesExecutor:
+    """Factory of the `kubejobs` executor plugin."""
+    return KubernetesExecutor(run.id, run.submission, manager.config, manager.queue_url(run))
+
+
 class KubernetesExecutor:
     """Creates the Job, patches its parallelism, reads its active pods, deletes it at the end."""
 
@@ -163,6 +168,9 @@ class KubernetesExecutor:
 
     def pids(self) -> set[int]:
         return set()  # pods, not local processes
+
+    def problem(self) -> str | None:
+        return None  # failing pods are retried by the Job up to backoffLimit
 
     def replicas(self) -> int:
         if not self._created:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from securecloud.runtime.enclave import EXIT_REFUSED
 from securecloud.runtime.errors import BudgetError
 from securecloud.runtime.launcher import LaunchSpec, launch
 
@@ -27,6 +28,7 @@ log_event = logging.getLogger(__name__)
 class _Worker:
     process: subprocess.Popen
     started: float
+    log: Path
     ended: float | None = None
     stopping: bool = False
 
@@ -44,6 +46,19 @@ class LocalExecutor:
             if worker.ended is None and worker.process.poll() is not None:
                 worker.ended = self.clock()
 
+    def problem(self) -> str | None:
+        """Why workers cannot run, if one was refused by attestation: a retry would be
+        refused again, so the job should fail, saying why."""
+        self._reap()
+        for worker in self.workers:
+            if worker.process.returncode == EXIT_REFUSED:
+                lines = worker.log.read_text(errors="replace").splitlines()
+                refusal = next((line for line in reversed(lines) if '"refused"' in line), "")
+                if '"enclave-memory"' in refusal:
+                    continue  # memory may free up: the controller retries within capacity
+                return f"a worker was refused at start: {refusal or 'see ' + str(worker.log)}"
+        return None
+
     def running(self) -> list[_Worker]:
         self._reap()
         return [w for w in self.workers if w.ended is None]
@@ -59,13 +74,14 @@ class LocalExecutor:
         for _ in range(target - len(active)):
             self.launched += 1
             self.log_dir.mkdir(parents=True, exist_ok=True)
+            log_path = self.log_dir / f"worker-{self.launched}.log"
             try:
-                with open(self.log_dir / f"worker-{self.launched}.log", "ab") as log:
+                with open(log_path, "ab") as log:
                     process = launch(self.spec(self.launched), stdout=log, stderr=subprocess.STDOUT)
             except BudgetError as exc:  # another job took the memory meanwhile
                 log_event.warning("not starting more workers: %s", exc)
                 break
-            self.workers.append(_Worker(process, self.clock()))
+            self.workers.append(_Worker(process, self.clock(), log_path))
         for worker in sorted(active, key=lambda w: w.started)[target:]:
             worker.stopping = True
             worker.process.send_signal(signal.SIGTERM)

@@ -13,6 +13,7 @@ worker then attests and receives them (docs/batch.md).
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import secrets
@@ -70,6 +71,21 @@ class BatchConfig:
             netloc = parts.netloc.replace(f":{parts.password}@", ":<redacted>@")
             shown["queue_url"] = urlunsplit(parts._replace(netloc=netloc))
         return shown
+
+
+EXECUTOR_GROUP = "securecloud.batch.executors"
+
+
+def load_executor(plugin: str):
+    """The executor factory registered for `plugin` (entry-point group above)."""
+    for ep in importlib.metadata.entry_points(group=EXECUTOR_GROUP):
+        if ep.name == plugin:
+            return ep.load()
+    raise BatchError(f"plugin: no executor named {plugin!r}", reason="invalid-submission")
+
+
+def local(manager: Manager, run: Run) -> LocalExecutor:
+    return manager.local_executor(run)
 
 
 def _sample_from(doc: dict) -> Sample:
@@ -209,12 +225,7 @@ class Manager:
     def _start(self, run: Run) -> None:
         submission = run.submission
         queue = open_queue(self.queue_url(run))
-        if submission.plugin == "kubejobs":
-            from securecloud.services.batch.kubernetes import KubernetesExecutor
-
-            executor = KubernetesExecutor(run.id, submission, self.config, self.queue_url(run))
-        else:
-            executor = self._local_executor(run)
+        executor = load_executor(submission.plugin)(self, run)
         heap = submission.enclave_heap_mb
 
         def capacity() -> int:
@@ -231,15 +242,20 @@ class Manager:
         self.runners[run.id] = runner
         runner.start()
 
-    def _local_executor(self, run: Run) -> LocalExecutor:
-        config_id = self._worker_session(run)
+    def local_executor(self, run: Run) -> LocalExecutor:
+        """Workers as local attested processes. The CAS policy for them is written when
+        the first one starts, in the runner's thread: if CAS is unreachable, the run
+        fails with that reason instead of the already acknowledged submission."""
+        config_id: list[str] = []
         cas_ca = (self.config.cas_ca or self.config.data_dir / "cas" / "ca.crt").resolve()
         work = (self.directory / "work" / run.id).resolve()
 
         def spec(number: int) -> LaunchSpec:
+            if not config_id:
+                config_id.append(self._worker_session(run))
             return LaunchSpec(
                 service="batch-worker",
-                config_id=config_id,
+                config_id=config_id[0],
                 cas_addr=self.config.cas_url,
                 cas_ca=cas_ca,
                 las_addr=self.config.las_url,

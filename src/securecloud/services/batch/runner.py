@@ -33,6 +33,8 @@ class Executor(Protocol):
 
     def pids(self) -> set[int]: ...
 
+    def problem(self) -> str | None: ...
+
     def worker_seconds(self) -> float: ...
 
     def stop(self) -> None: ...
@@ -135,6 +137,9 @@ class Runner(threading.Thread):
             if self.stopping.wait(sub.control.check_interval):
                 run.note("stopped on request" if not self.interrupted else "manager stopping")
                 return "stopped"
+            problem = self.executor.problem()
+            if problem is not None:
+                raise RuntimeError(problem)
             self.queue.requeue_expired(sub.max_retries)
             sample = self._sample(run, monitor)
             if sample_finished(sample):
