@@ -12,6 +12,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from securecloud.cli.common import (
     DEFAULT_DATA_DIR,
     DataDir,
+    LogLevel,
+    ShowConfig,
     console,
     fail,
     handle_errors,
@@ -85,8 +87,8 @@ def serve(
     namespace: Annotated[str, typer.Option(help="Kubernetes namespace (kubejobs plugin).")] = (
         "default"
     ),
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
-    show_config: Annotated[bool, typer.Option(help="Print the configuration and exit.")] = False,
+    log_level: LogLevel = "info",
+    show_config: ShowConfig = False,
 ) -> None:
     """Serve the manager's REST API; resumes submissions a previous run left unfinished."""
     from securecloud.infra.web import configure_logging

@@ -9,6 +9,8 @@ import typer
 from securecloud.cli.common import (
     DEFAULT_DATA_DIR,
     DataDir,
+    LogLevel,
+    ShowConfig,
     console,
     fail,
     handle_errors,
@@ -89,8 +91,8 @@ def serve(
             help="Name or IP address in CAS's TLS certificate (repeatable; first start only)."
         ),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
-    show_config: Annotated[bool, typer.Option(help="Print the configuration and exit.")] = False,
+    log_level: LogLevel = "info",
+    show_config: ShowConfig = False,
 ) -> None:
     """Serve the CAS HTTPS API. Needs a running LAS for its sealing key."""
     from securecloud.infra.cas.config import CasConfig

@@ -31,6 +31,10 @@ DataDir = Annotated[
 ]
 
 
+LogLevel = Annotated[str, typer.Option(help="debug, info, warning or error.")]
+ShowConfig = Annotated[bool, typer.Option(help="Print the configuration and exit.")]
+
+
 def fail(message: str, code: int = 1) -> None:
     errors.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(code)

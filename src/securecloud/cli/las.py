@@ -4,7 +4,14 @@ from typing import Annotated
 
 import typer
 
-from securecloud.cli.common import DEFAULT_DATA_DIR, DataDir, handle_errors, print_json
+from securecloud.cli.common import (
+    DEFAULT_DATA_DIR,
+    DataDir,
+    LogLevel,
+    ShowConfig,
+    handle_errors,
+    print_json,
+)
 from securecloud.infra.supervisor import LAS_PORT
 
 app = typer.Typer(
@@ -32,8 +39,8 @@ def serve(
         list[str] | None,
         typer.Option(help="Security advisory id written into quotes (repeatable)."),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
-    show_config: Annotated[bool, typer.Option(help="Print the configuration and exit.")] = False,
+    log_level: LogLevel = "info",
+    show_config: ShowConfig = False,
 ) -> None:
     """Serve quotes and sealing keys over HTTP on loopback (simulation mode: no isolation)."""
     from securecloud.infra.las.api import create_app

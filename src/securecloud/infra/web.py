@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -182,3 +183,38 @@ def serve(app: FastAPI, host: str, port: int, tls: TlsFiles | None = None) -> No
     if tls is not None:
         config.ssl = server_ssl_context(tls)
     uvicorn.Server(config).run()
+
+
+class ApiClient:
+    """Base of the clients of our HTTP services: one place that turns transport
+    failures and `{"detail", "reason"}` error bodies into the service's exception."""
+
+    error: type[ServiceError] = ServiceError
+
+    def __init__(self, http: httpx.Client):
+        self._http = http
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kw) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise self.error(
+                f"{self._http.base_url} unreachable: {exc}", reason="unreachable", status=503
+            ) from exc
+        if response.status_code >= 400:
+            try:
+                doc = response.json()
+                detail, reason = doc.get("detail"), doc.get("reason", "error")
+            except ValueError:
+                detail, reason = response.text, "error"
+            raise self.error(str(detail), reason=reason, status=response.status_code)
+        return response

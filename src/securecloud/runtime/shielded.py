@@ -58,6 +58,7 @@ class ShieldedFile:
         self._chunk_aead = AESGCM(derive_key(key, salt=file_id, info=b"securecloud/shielded/chunk"))
         self._meta_key = derive_key(key, salt=file_id, info=b"securecloud/shielded/meta")
         self._dirty: dict[int, bytearray] = {}
+        self._changed = False  # metadata-only changes (truncation) need a flush too
         if self.meta_path.exists():
             self._load_meta(min_version)
         else:
@@ -159,6 +160,7 @@ class ShieldedFile:
                 chunk.extend(bytes(within + take - len(chunk)))
             chunk[within : within + take] = view[:take]
             self._dirty[index] = chunk
+            self._changed = True
             position, view = position + take, view[take:]
             self.length = max(self.length, position)
 
@@ -175,6 +177,7 @@ class ShieldedFile:
         self._dirty = {i: c for i, c in self._dirty.items() if i < keep}
         self._chunks = self._chunks[:keep]
         self.length = length
+        self._changed = True
         if last is not None:
             self._dirty[keep - 1] = bytearray(last)
 
@@ -195,11 +198,12 @@ class ShieldedFile:
         self.version = new_version
         self._write_meta()
         self._dirty.clear()
+        self._changed = False
         return self.version
 
     def close(self) -> None:
         if self._fd >= 0:
-            if self._dirty:
+            if self._changed:
                 self.flush()
             os.close(self._fd)
             self._fd = -1

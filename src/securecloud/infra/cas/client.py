@@ -28,6 +28,7 @@ from securecloud.crypto import (
 from securecloud.infra.cas.errors import CasError
 from securecloud.infra.cas.policy import parse_policy
 from securecloud.infra.cas.service import APPROVAL_CONTEXT
+from securecloud.infra.web import ApiClient
 
 
 @dataclass(frozen=True)
@@ -56,35 +57,14 @@ def _tls_context(ca_file: Path, identity: Identity | None) -> ssl.SSLContext:
     return context
 
 
-class CasClient:
+class CasClient(ApiClient):
+    error = CasError
+
     def __init__(self, url: str, ca_file: Path, identity: Identity | None = None, timeout=30.0):
         self.identity = identity
-        self._http = httpx.Client(
-            base_url=url, verify=_tls_context(ca_file, identity), timeout=timeout
+        super().__init__(
+            httpx.Client(base_url=url, verify=_tls_context(ca_file, identity), timeout=timeout)
         )
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> CasClient:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def _call(self, method: str, path: str, **kw) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kw)
-        except httpx.HTTPError as exc:
-            raise CasError(f"CAS unreachable: {exc}", reason="unreachable", status=503) from exc
-        if response.status_code >= 400:
-            try:
-                doc = response.json()
-                detail, reason = doc.get("detail"), doc.get("reason", "error")
-            except ValueError:
-                detail, reason = response.text, "error"
-            raise CasError(str(detail), reason=reason, status=response.status_code)
-        return response
 
     def enroll(self, directory: Path) -> Identity:
         """Create a key, have CAS certify it, store both under `directory`."""
