@@ -18,6 +18,7 @@ from securecloud.crypto.errors import (
 )
 from securecloud.crypto.hpke import decrypt_with, encrypt_to
 from securecloud.crypto.kdf import derive_key
+from securecloud.crypto.mac import mac, verify_mac
 from securecloud.crypto.merkle import (
     MerkleTree,
     leaf_hash,
@@ -55,6 +56,7 @@ __all__ = [
     "leaf_hash",
     "load_private_key_pem",
     "load_public_key_pem",
+    "mac",
     "new_key",
     "open_bytes",
     "open_sealed",
@@ -68,4 +70,5 @@ __all__ = [
     "verify",
     "verify_consistency",
     "verify_inclusion",
+    "verify_mac",
 ]

@@ -29,6 +29,7 @@ from pathlib import Path
 from prometheus_client import Counter, Histogram
 
 from securecloud.crypto import CryptoError, canonical, sign, verify
+from securecloud.runtime.durable import GroupCommitFile
 
 _CONTEXT = b"securecloud/audit/v1\x00"
 ENTRIES = Counter("securecloud_cas_audit_entries_total", "Audit entries made durable")
@@ -86,13 +87,13 @@ class AuditLog:
             self.head = Head(0, "")
         else:
             self.head = Head(canonical.decode(last)["seq"], _line_hash(last))
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-        self._pending: list[bytes] = []
-        self._durable = self.head.seq
-        self._flushing = False
-        self._error: BaseException | None = None
+        self._lock = threading.Lock()  # entries are numbered and queued in one order
+        self._file = GroupCommitFile(self.path, on_batch=self._count)
+
+    @staticmethod
+    def _count(entries: int) -> None:
+        ENTRIES.inc(entries)
+        BATCH.observe(entries)
 
     def _entry(self, event: str, fields: dict) -> bytes:
         entry = {
@@ -109,42 +110,23 @@ class AuditLog:
 
     def append(self, event: str, **fields) -> Head:
         """Record an event; returns once it is on disk (fsynced)."""
-        with self._cond:
+        with self._lock:
             line = self._entry(event, fields)
             mine = self.head
-            self._pending.append(line)
-            while self._durable < mine.seq:
-                if self._error is not None:
-                    raise AuditError(f"audit log unwritable: {self._error}")
-                if self._flushing:
-                    self._cond.wait()
-                    continue
-                self._flushing = True
-                batch, self._pending = self._pending, []
-                last = self.head.seq
-                self._lock.release()
-                try:
-                    os.write(self._fd, b"".join(b + b"\n" for b in batch))
-                    os.fsync(self._fd)
-                except BaseException as exc:
-                    # This batch may not be on disk: acknowledge nothing from here on.
-                    self._error = exc
-                    raise
-                finally:
-                    self._lock.acquire()
-                    self._flushing = False
-                    self._cond.notify_all()
-                if self._error is None:
-                    ENTRIES.inc(len(batch))
-                    BATCH.observe(len(batch))
-                    self._durable = last
-            return mine
+            try:
+                ticket, _ = self._file.write(line + b"\n")
+            except OSError as exc:
+                raise AuditError(f"audit log unwritable: {exc}") from exc
+        try:
+            self._file.wait(ticket)
+        except OSError as exc:
+            if "unwritable" in str(exc):
+                raise AuditError(f"audit log unwritable: {exc}") from exc
+            raise
+        return mine
 
     def close(self) -> None:
-        with self._lock:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
+        self._file.close()
 
 
 def iter_entries(path: Path) -> Iterator[tuple[dict, bytes]]:

@@ -1,0 +1,353 @@
+"""The gateway's storage logic: versioned, quorum-written, verified, repaired.
+
+Write: take the object's lock, assign version = current + 1, encrypt, encode,
+place fragment i on the i-th ranked node, put all fragments in parallel. If
+fewer than the policy's write quorum are durable, delete what was written and
+answer 503: the index was not touched, so nothing is visible. Otherwise commit
+the new version to the index (durable), then delete the previous version's
+fragments.
+
+Read: the version comes from the index; fragments are fetched (replicas
+first, then the K data shares, then parity), each checked by its MAC and its
+identity (object, version, index), so a node that corrupts, substitutes or
+replays an older fragment is never served. Missing or invalid fragments are
+rewritten from what was read (read repair).
+
+Delete: a tombstone version (empty, replicated) is written, the index entry
+removed, the old fragments deleted.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+from prometheus_client import Counter
+
+from securecloud.services.kvs.codec import (
+    Fragment,
+    KvsKeys,
+    ObjectMeta,
+    decrypt_object,
+    encrypt_object,
+    make_fragments,
+    reassemble,
+    seal_meta,
+)
+from securecloud.services.kvs.coder import ErasureCoder
+from securecloud.services.kvs.errors import (
+    BadRequest,
+    FragmentInvalid,
+    KvsError,
+    NotFound,
+    PreconditionFailed,
+    QuorumLost,
+)
+from securecloud.services.kvs.fragments import FragmentStore
+from securecloud.services.kvs.index import Index
+from securecloud.services.kvs.placement import place
+from securecloud.services.kvs.policy import Policy, default_policy, parse_policy
+
+FRAGMENT_EVENTS = Counter("securecloud_kvs_fragments_total", "Fragment events", ["event"])
+MAX_KEY_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class FragmentHealth:
+    index: int
+    node: str
+    state: str  # ok, missing, invalid, unreachable
+
+
+def check_name(bucket: str, key: str | None = None) -> None:
+    if (
+        not (3 <= len(bucket) <= 63)
+        or not all(c.islower() or c.isdigit() or c in "-." for c in bucket)
+        or bucket[0] in "-."
+        or bucket[-1] in "-."
+    ):
+        raise BadRequest(
+            f"bucket {bucket!r}: 3-63 lowercase letters, digits, '-' or '.'", reason="bad-bucket"
+        )
+    if key is not None and (not key or len(key.encode()) > MAX_KEY_BYTES):
+        raise BadRequest(f"key: must be 1..{MAX_KEY_BYTES} bytes of UTF-8", reason="bad-key")
+
+
+class Gateway:
+    def __init__(
+        self,
+        keys: KvsKeys,
+        stores: Sequence[FragmentStore],
+        index: Index,
+        coder: ErasureCoder,
+        threads: int = 32,
+    ):
+        self.keys = keys
+        self.stores = {s.name: s for s in stores}
+        self.nodes = [s.name for s in stores]
+        self.index = index
+        self.coder = coder
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="kvs-io")
+        self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._locks_lock = threading.Lock()
+
+    def _lock(self, object_id: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._locks[object_id]
+
+    # -- buckets --------------------------------------------------------------
+    def create_bucket(self, bucket: str) -> bool:
+        check_name(bucket)
+        return self.index.create_bucket(bucket)
+
+    def _bucket(self, bucket: str) -> None:
+        check_name(bucket)
+        if bucket not in self.index.buckets:
+            raise NotFound(f"no bucket {bucket!r}", reason="no-such-bucket")
+
+    # -- fragments ------------------------------------------------------------
+    def _write_fragments(
+        self, object_id: str, version: int, policy: Policy, fragments: list[Fragment]
+    ) -> list[int]:
+        """Put every fragment on its node; return the indices that are durable."""
+        targets = place(object_id, self.nodes, len(fragments))
+
+        def put(i: int) -> int | None:
+            fid = self.keys.fragment_id(object_id, version, i)
+            try:
+                self.stores[targets[i]].put(fid, fragments[i].encode(self.keys))
+                return i
+            except Exception:  # an unreachable or failing node: counted against the quorum
+                FRAGMENT_EVENTS.labels("write-failed").inc()
+                return None
+
+        return [i for i in self._pool.map(put, range(len(fragments))) if i is not None]
+
+    def _delete_fragments(self, object_id: str, version: int, count: int) -> None:
+        targets = place(object_id, self.nodes, count)
+
+        def delete(i: int) -> None:
+            try:
+                self.stores[targets[i]].delete(self.keys.fragment_id(object_id, version, i))
+            except Exception:  # left behind: scrub removes fragments of old versions
+                FRAGMENT_EVENTS.labels("delete-failed").inc()
+
+        list(self._pool.map(delete, range(count)))
+
+    def _fetch(self, object_id: str, version: int, index: int, node: str) -> Fragment | str:
+        """The verified fragment, or why not: missing, invalid, unreachable."""
+        try:
+            blob = self.stores[node].get(self.keys.fragment_id(object_id, version, index))
+        except Exception:
+            return "unreachable"
+        if blob is None:
+            return "missing"
+        try:
+            return Fragment.decode(self.keys, blob, object_id, version, index)
+        except FragmentInvalid:
+            FRAGMENT_EVENTS.labels("invalid").inc()
+            return "invalid"
+
+    def _read_fragments(self, object_id: str, meta: ObjectMeta) -> tuple[list[Fragment], list[int]]:
+        """Enough verified fragments to rebuild the ciphertext, and the indices seen bad."""
+        policy = parse_policy(meta.policy, len(self.nodes))
+        targets = place(object_id, self.nodes, policy.fragments)
+        bad: list[int] = []
+        for i in range(policy.replicas):
+            got = self._fetch(object_id, meta.version, i, targets[i])
+            if isinstance(got, Fragment):
+                return [got], bad
+            bad.append(i)
+        if not policy.coded:
+            raise QuorumLost(f"{meta.bucket}/{meta.key}: no replica readable", reason="unreadable")
+        coded = list(range(policy.replicas, policy.fragments))
+        found: list[Fragment] = []
+        first, rest = coded[: policy.k], coded[policy.k :]
+        for batch in (first, rest):
+            results = self._pool.map(
+                lambda i: (i, self._fetch(object_id, meta.version, i, targets[i])), batch
+            )
+            for i, got in results:
+                if isinstance(got, Fragment):
+                    found.append(got)
+                else:
+                    bad.append(i)
+            if len(found) >= policy.k:
+                return found, bad
+        raise QuorumLost(
+            f"{meta.bucket}/{meta.key}: only {len(found)} of {policy.k} needed fragments readable",
+            reason="unreadable",
+        )
+
+    def _repair(
+        self,
+        object_id: str,
+        meta: ObjectMeta,
+        ciphertext: bytes,
+        sealed_meta: bytes,
+        indices: list[int],
+    ) -> None:
+        policy = parse_policy(meta.policy, len(self.nodes))
+        fragments = make_fragments(
+            self.coder, policy, object_id, meta.version, ciphertext, sealed_meta
+        )
+        targets = place(object_id, self.nodes, len(fragments))
+        for i in indices:
+            try:
+                self.stores[targets[i]].put(
+                    self.keys.fragment_id(object_id, meta.version, i),
+                    fragments[i].encode(self.keys),
+                )
+                FRAGMENT_EVENTS.labels("repaired").inc()
+            except Exception:
+                FRAGMENT_EVENTS.labels("repair-failed").inc()
+
+    # -- objects ---------------------------------------------------------------
+    def _store_version(
+        self, object_id: str, meta: ObjectMeta, policy: Policy, ciphertext: bytes
+    ) -> None:
+        fragments = make_fragments(
+            self.coder,
+            policy,
+            object_id,
+            meta.version,
+            ciphertext,
+            seal_meta(self.keys, object_id, meta),
+        )
+        durable = self._write_fragments(object_id, meta.version, policy, fragments)
+        need_replicas, need_coded = policy.write_quorum()
+        replicas = sum(1 for i in durable if i < policy.replicas)
+        coded = len(durable) - replicas
+        if replicas < need_replicas or coded < need_coded:
+            self._delete_fragments(object_id, meta.version, len(fragments))
+            raise QuorumLost(
+                f"only {len(durable)} of {len(fragments)} fragments stored; {policy} needs "
+                f"{need_replicas or need_coded} durable: nothing was written"
+            )
+
+    def put(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        *,
+        policy: str | None = None,
+        if_match: int | None = None,
+        content_type: str = "application/octet-stream",
+    ) -> ObjectMeta:
+        self._bucket(bucket)
+        check_name(bucket, key)
+        chosen = (
+            parse_policy(policy, len(self.nodes))
+            if policy
+            else default_policy(len(data), len(self.nodes))
+        )
+        object_id = self.keys.object_id(bucket, key)
+        with self._lock(object_id):
+            current = self.index.get(bucket, key)
+            current_version = current.version if current else 0
+            if if_match is not None and if_match != current_version:
+                raise PreconditionFailed(
+                    f"{bucket}/{key} is at version {current_version}, not {if_match}"
+                )
+            # after a delete, versions continue above the tombstone's
+            version = (
+                current_version + 1
+                if current
+                else (self.index.tombstones.get((bucket, key), 0) + 1)
+            )
+            meta, ciphertext = encrypt_object(
+                self.keys, bucket, key, version, data, chosen, content_type
+            )
+            self._store_version(object_id, meta, chosen, ciphertext)
+            self.index.put(meta)
+            if current is not None:
+                self._retire(object_id, current)
+        return meta
+
+    def _retire(self, object_id: str, old: ObjectMeta) -> None:
+        count = parse_policy(old.policy, len(self.nodes)).fragments
+        self._pool.submit(self._delete_fragments, object_id, old.version, count)
+
+    def head(self, bucket: str, key: str) -> ObjectMeta:
+        self._bucket(bucket)
+        check_name(bucket, key)
+        meta = self.index.get(bucket, key)
+        if meta is None:
+            raise NotFound(f"no object {bucket}/{key}", reason="no-such-key")
+        return meta
+
+    def get(self, bucket: str, key: str) -> tuple[ObjectMeta, bytes]:
+        meta = self.head(bucket, key)
+        object_id = self.keys.object_id(bucket, key)
+        fragments, bad = self._read_fragments(object_id, meta)
+        ciphertext = reassemble(self.coder, fragments)
+        data = decrypt_object(self.keys, meta, ciphertext)
+        if bad:
+            self._repair(object_id, meta, ciphertext, fragments[0].meta, bad)
+        return meta, data
+
+    def delete(self, bucket: str, key: str) -> ObjectMeta:
+        meta = self.head(bucket, key)
+        object_id = self.keys.object_id(bucket, key)
+        with self._lock(object_id):
+            tombstone = replace(
+                meta,
+                version=meta.version + 1,
+                size=0,
+                deleted=True,
+                policy=str(Policy(replicas=min(3, len(self.nodes)))),
+            )
+            self._store_version(object_id, tombstone, Policy(replicas=min(3, len(self.nodes))), b"")
+            self.index.delete(tombstone)
+            self._retire(object_id, meta)
+        return tombstone
+
+    def list(
+        self,
+        bucket: str,
+        prefix: str = "",
+        start_after: str = "",
+        end: str | None = None,
+        limit: int = 1000,
+    ) -> list[ObjectMeta]:
+        self._bucket(bucket)
+        return list(self.index.scan(bucket, prefix, start_after, end, limit))
+
+    def set_policy(self, bucket: str, key: str, policy_text: str) -> ObjectMeta:
+        """Re-encode the object's ciphertext under another policy, without decrypting it."""
+        policy = parse_policy(policy_text, len(self.nodes))
+        meta = self.head(bucket, key)
+        object_id = self.keys.object_id(bucket, key)
+        with self._lock(object_id):
+            fragments, _ = self._read_fragments(object_id, meta)
+            ciphertext = reassemble(self.coder, fragments)
+            moved = replace(meta, version=meta.version + 1, policy=str(policy))
+            self._store_version(object_id, moved, policy, ciphertext)
+            self.index.put(moved)
+            self._retire(object_id, meta)
+        return moved
+
+    def stat(self, bucket: str, key: str) -> tuple[ObjectMeta, list[FragmentHealth]]:
+        meta = self.head(bucket, key)
+        object_id = self.keys.object_id(bucket, key)
+        policy = parse_policy(meta.policy, len(self.nodes))
+        targets = place(object_id, self.nodes, policy.fragments)
+
+        def check(i: int) -> FragmentHealth:
+            got = self._fetch(object_id, meta.version, i, targets[i])
+            return FragmentHealth(i, targets[i], "ok" if isinstance(got, Fragment) else got)
+
+        return meta, list(self._pool.map(check, range(policy.fragments)))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.index.close()
+        for store in self.stores.values():
+            store.close()
+
+
+__all__ = ["FragmentHealth", "Gateway", "KvsError", "check_name"]

@@ -1,0 +1,216 @@
+"""The gateway over nine local pack stores: versions, quorum, verification, repair."""
+
+import os
+import threading
+
+import pytest
+
+from securecloud.services.kvs.codec import KvsKeys
+from securecloud.services.kvs.coder import ZfecCoder
+from securecloud.services.kvs.errors import BadRequest, NotFound, PreconditionFailed, QuorumLost
+from securecloud.services.kvs.gateway import Gateway
+from securecloud.services.kvs.index import Index
+from securecloud.services.kvs.packstore import PackStore
+from securecloud.services.kvs.placement import place
+from securecloud.services.kvs.policy import parse_policy
+
+MASTER = os.urandom(32)
+
+
+class Switchable:
+    """A real pack store that can be taken offline, as a killed node process is."""
+
+    def __init__(self, store):
+        self.store, self.name, self.down = store, store.name, False
+
+    def _live(self):
+        if self.down:
+            raise ConnectionError(f"{self.name} is down")
+        return self.store
+
+    def put(self, fid, data):
+        self._live().put(fid, data)
+
+    def get(self, fid):
+        return self._live().get(fid)
+
+    def delete(self, fid):
+        self._live().delete(fid)
+
+    def list(self, after="", limit=1000):
+        return self._live().list(after, limit)
+
+    def close(self):
+        self.store.close()
+
+
+def open_gateway(directory):
+    keys = KvsKeys.from_master(MASTER)
+    stores = [Switchable(PackStore(directory / f"node-{i}")) for i in range(9)]
+    index = Index(directory / "index.log", keys.wrap_key)
+    gateway = Gateway(keys, stores, index, ZfecCoder())
+    return gateway, stores
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    gw, stores = open_gateway(tmp_path)
+    gw.create_bucket("meters")
+    yield gw, stores, tmp_path
+    gw.close()
+
+
+@pytest.mark.parametrize("policy", [None, "replicate:3", "ec:6+3", "hybrid:1+6+2"])
+@pytest.mark.parametrize("size", [0, 1, 1024, 200_000])
+def test_round_trip_under_every_policy(gateway, policy, size):
+    gw, _, _ = gateway
+    data = os.urandom(size)
+    meta = gw.put("meters", f"obj-{size}", data, policy=policy)
+    assert gw.get("meters", f"obj-{size}") == (meta, data)
+    expected = policy or ("replicate:3" if size < 128 * 1024 else "ec:6+3")
+    assert meta.policy == expected
+
+
+def node_files(directory):
+    return [p for p in directory.rglob("pack-*.dat")]
+
+
+def test_nodes_and_index_hold_no_plaintext_and_no_names(gateway):
+    gw, _, directory = gateway
+    secret = b"consumer 4711 used 12.5 kWh at 02:15 " * 20
+    gw.put("meters", "customer-4711/2026-11-21", secret, policy="hybrid:1+6+2")
+    gw.put("meters", "customer-4711/small", secret[:100])
+    for path in [*node_files(directory), directory / "index.log"]:
+        content = path.read_bytes()
+        for needle in (secret[:40], b"customer-4711", b"meters", b"12.5 kWh"):
+            assert needle not in content, (path, needle)
+
+
+def test_versions_increase_and_if_match_guards_updates(gateway):
+    gw, _, _ = gateway
+    assert gw.put("meters", "k", b"one").version == 1
+    assert gw.put("meters", "k", b"two", if_match=1).version == 2
+    with pytest.raises(PreconditionFailed):
+        gw.put("meters", "k", b"stale", if_match=1)
+    with pytest.raises(PreconditionFailed):
+        gw.put("meters", "new", b"x", if_match=3)
+    assert gw.put("meters", "new", b"x", if_match=0).version == 1
+    assert gw.get("meters", "k")[1] == b"two"
+
+
+def test_up_to_m_nodes_down_every_object_reads(gateway):
+    gw, stores, _ = gateway
+    data = os.urandom(300_000)
+    gw.put("meters", "big", data, policy="ec:6+3")
+    object_id = gw.keys.object_id("meters", "big")
+    holders = place(object_id, gw.nodes, 9)
+    for name in holders[:3]:
+        next(s for s in stores if s.name == name).down = True
+    assert gw.get("meters", "big")[1] == data
+
+
+def test_more_than_m_nodes_down_a_write_fails_cleanly_and_nothing_is_visible(gateway):
+    gw, stores, _ = gateway
+    gw.put("meters", "k", b"old value", policy="ec:6+3")
+    for store in stores[:4]:
+        store.down = True
+    with pytest.raises(QuorumLost):
+        gw.put("meters", "k", b"new value", policy="ec:6+3")
+    for store in stores[:4]:
+        store.down = False
+    meta, data = gw.get("meters", "k")
+    assert (meta.version, data) == (1, b"old value")
+
+
+def test_corrupt_missing_and_replayed_fragments_are_never_served_and_are_repaired(gateway):
+    gw, stores, _ = gateway
+    gw.put("meters", "k", b"v1" * 1000, policy="ec:6+3")
+    object_id = gw.keys.object_id("meters", "k")
+    holders = place(object_id, gw.nodes, 9)
+    by_name = {s.name: s for s in stores}
+    old = by_name[holders[1]].get(gw.keys.fragment_id(object_id, 1, 1))
+    gw.put("meters", "k", b"v2" * 1000, policy="ec:6+3")
+    fid = [gw.keys.fragment_id(object_id, 2, i) for i in range(9)]
+    blob = bytearray(by_name[holders[0]].get(fid[0]))
+    blob[100] ^= 0xFF
+    by_name[holders[0]].put(fid[0], bytes(blob))  # corrupted
+    by_name[holders[1]].put(fid[1], old)  # replaced by the older version's fragment
+    by_name[holders[2]].delete(fid[2])  # lost
+    _, health = gw.stat("meters", "k")
+    assert [h.state for h in health[:3]] == ["invalid", "invalid", "missing"]
+    assert gw.get("meters", "k")[1] == b"v2" * 1000
+    _, health = gw.stat("meters", "k")
+    assert all(h.state == "ok" for h in health)  # read repair rewrote them
+
+
+def test_delete_then_recreate_continues_versions_across_restarts(tmp_path):
+    gw, _ = open_gateway(tmp_path)
+    gw.create_bucket("meters")
+    gw.put("meters", "k", b"a")
+    gw.put("meters", "k", b"b")
+    assert gw.delete("meters", "k").version == 3
+    with pytest.raises(NotFound):
+        gw.get("meters", "k")
+    gw.close()
+    gw, _ = open_gateway(tmp_path)
+    assert gw.put("meters", "k", b"c").version == 4
+    assert gw.get("meters", "k")[1] == b"c"
+    gw.close()
+
+
+def test_policy_change_re_encodes_without_changing_content(gateway):
+    gw, _, _ = gateway
+    data = os.urandom(50_000)
+    gw.put("meters", "k", data, policy="replicate:3")
+    moved = gw.set_policy("meters", "k", "hybrid:1+6+2")
+    assert moved.policy == "hybrid:1+6+2" and moved.version == 2
+    assert gw.get("meters", "k")[1] == data
+    _, health = gw.stat("meters", "k")
+    assert len(health) == 9 and all(h.state == "ok" for h in health)
+
+
+def test_listing_is_ordered_with_prefix_start_after_end_and_limit(gateway):
+    gw, _, _ = gateway
+    for key in ["b/2", "a/1", "b/1", "c", "b/3"]:
+        gw.put("meters", key, b"x")
+    keys = lambda **kw: [m.key for m in gw.list("meters", **kw)]  # noqa: E731
+    assert keys() == ["a/1", "b/1", "b/2", "b/3", "c"]
+    assert keys(prefix="b/") == ["b/1", "b/2", "b/3"]
+    assert keys(prefix="b/", start_after="b/1") == ["b/2", "b/3"]
+    assert keys(start_after="a/1", end="b/3") == ["b/1", "b/2"]
+    assert keys(limit=2) == ["a/1", "b/1"]
+
+
+def test_concurrent_writers_leave_one_value_and_one_history(gateway):
+    gw, _, _ = gateway
+    values = [f"writer-{i}".encode() for i in range(8)]
+    threads = [threading.Thread(target=gw.put, args=("meters", "hot", v)) for v in values]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    meta, data = gw.get("meters", "hot")
+    assert data in values and meta.version == 8
+
+
+def test_index_survives_a_restart(tmp_path):
+    gw, _ = open_gateway(tmp_path)
+    gw.create_bucket("meters")
+    gw.put("meters", "k", b"persisted")
+    gw.close()
+    gw, _ = open_gateway(tmp_path)
+    assert gw.get("meters", "k")[1] == b"persisted"
+    gw.close()
+
+
+def test_clear_errors_for_unknown_buckets_bad_names_and_oversize_keys(gateway):
+    gw, _, _ = gateway
+    with pytest.raises(NotFound, match="no bucket"):
+        gw.put("nope", "k", b"x")
+    with pytest.raises(BadRequest, match="bucket"):
+        gw.create_bucket("Bad_Name")
+    with pytest.raises(BadRequest, match="key"):
+        gw.put("meters", "k" * 1025, b"x")
+    with pytest.raises(BadRequest, match="11 fragments"):
+        gw.put("meters", "k", b"x", policy="ec:2+9")
+    assert parse_policy("ec:6+3", 9).write_quorum() == (0, 6)
