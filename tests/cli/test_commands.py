@@ -43,7 +43,8 @@ def platform(tmp_path_factory):
 
 def test_status_reports_healthy_services(platform):
     out = sc(platform, "status").stdout
-    assert out.count("healthy") == 3 and all(name in out for name in ("las", "cas", "batch"))
+    assert out.count("healthy") == 4
+    assert all(name in out for name in ("las", "cas", "batch", "kvs"))
 
 
 def test_up_twice_is_refused_clearly(platform):
@@ -52,7 +53,12 @@ def test_up_twice_is_refused_clearly(platform):
 
 
 def test_owner_applies_and_shows_a_policy_and_a_service_launches(platform, tmp_path):
-    fingerprint = sc(platform, "cas", "identity", "create").stdout.strip()
+    from securecloud.infra.cas.client import Identity
+
+    identity = Identity(platform / "identity")  # `up` enrolled it for the KVS gateway's policy
+    if not identity.exists():
+        sc(platform, "cas", "identity", "create")
+    fingerprint = identity.fingerprint()
     assert len(fingerprint) == 64
     mrenclave = sc(platform, "runtime", "measure", "demo-echo").stdout.strip()
     policy = tmp_path / "policy.yaml"
@@ -139,7 +145,7 @@ def test_batch_job_through_the_cli(platform, tmp_path):
         if status["status"] not in ("queued", "running"):
             break
         time.sleep(0.2)
-    assert status["status"] == "finished"
+    assert status["status"] == "finished", status
     png = tmp_path / "plot.png"
     report = json.loads(
         sc(platform, "batch", "report", run_id, "--png", str(png)).stdout.split("\nplot")[0]
@@ -154,3 +160,26 @@ def test_batch_submit_of_a_bad_file_names_the_field(platform, tmp_path):
     job.write_text(json.dumps({"plugin": "local", "plugin_info": {"redis_workload": []}}))
     result = sc(platform, "batch", "submit", str(job), check=False)
     assert result.returncode == 1 and "plugin_info.redis_workload" in result.stderr
+
+
+def test_kvs_objects_through_the_cli(platform, tmp_path):
+    source = tmp_path / "reading.bin"
+    source.write_bytes(os.urandom(200_000))
+    sc(platform, "kvs", "mb", "cli-bucket")
+    put = sc(platform, "kvs", "put", "cli-bucket/day/1", str(source), "--policy", "ec:4+2")
+    assert "version 1" in put.stdout and "ec:4+2" in put.stdout
+    out = tmp_path / "back.bin"
+    sc(platform, "kvs", "get", "cli-bucket/day/1", str(out))
+    assert out.read_bytes() == source.read_bytes()
+    assert "day/1" in sc(platform, "kvs", "ls", "cli-bucket/day").stdout
+    stat = json.loads(sc(platform, "kvs", "stat", "cli-bucket/day/1").stdout)
+    assert [f["state"] for f in stat["fragments"]] == ["ok"] * 6
+    assert (
+        "now replicate:2"
+        in sc(platform, "kvs", "policy", "set", "cli-bucket/day/1", "replicate:2").stdout
+    )
+    sc(platform, "kvs", "rm", "cli-bucket/day/1")
+    missing = sc(platform, "kvs", "get", "cli-bucket/day/1", check=False)
+    assert missing.returncode == 1 and "no-such-key" in missing.stderr
+    bad = sc(platform, "kvs", "put", "cli-bucket/x", str(source), "--policy", "ec:2+9", check=False)
+    assert bad.returncode == 1 and "11 fragments" in bad.stderr

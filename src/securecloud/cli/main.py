@@ -2,7 +2,7 @@
 
 import typer
 
-from securecloud.cli import batch, cas, las, platform, runtime
+from securecloud.cli import batch, cas, kvs, las, platform, runtime
 from securecloud.cli.demo import demo
 
 app = typer.Typer(
@@ -15,6 +15,7 @@ app.add_typer(las.app, name="las")
 app.add_typer(cas.app, name="cas")
 app.add_typer(runtime.app, name="runtime")
 app.add_typer(batch.app, name="batch")
+app.add_typer(kvs.app, name="kvs")
 app.command()(demo)
 app.command()(platform.up)
 app.command()(platform.status)

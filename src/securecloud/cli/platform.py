@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from securecloud.cli.common import DEFAULT_DATA_DIR, DataDir, console, handle_errors
-from securecloud.infra.supervisor import BATCH_PORT, CAS_PORT, LAS_PORT, Supervisor
+from securecloud.infra.supervisor import BATCH_PORT, CAS_PORT, KVS_PORT, LAS_PORT, Supervisor
 
 
 @handle_errors
@@ -14,9 +14,10 @@ def up(
     las_port: Annotated[int, typer.Option(help="LAS port.")] = LAS_PORT,
     cas_port: Annotated[int, typer.Option(help="CAS port.")] = CAS_PORT,
     batch_port: Annotated[int, typer.Option(help="Batch manager (Asperathos) port.")] = BATCH_PORT,
+    kvs_port: Annotated[int, typer.Option(help="KVS gateway port (HTTPS).")] = KVS_PORT,
 ) -> None:
-    """Start the embedded platform (LAS, CAS, batch manager) in the background."""
-    for service in Supervisor(data_dir).up(las_port, cas_port, batch_port):
+    """Start the embedded platform (LAS, CAS, batch manager, KVS gateway) in the background."""
+    for service in Supervisor(data_dir).up(las_port, cas_port, batch_port, kvs_port):
         console.print(f"[green]started[/] {service.name:<5} pid {service.pid:<8} {service.url}")
 
 

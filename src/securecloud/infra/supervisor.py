@@ -28,6 +28,7 @@ from securecloud.runtime.processes import alive
 LAS_PORT = 8080
 CAS_PORT = 8081
 BATCH_PORT = 8082
+KVS_PORT = 8083
 
 
 class SupervisorError(Exception):
@@ -131,10 +132,15 @@ class Supervisor:
         return stopped
 
     def up(
-        self, las_port: int = LAS_PORT, cas_port: int = CAS_PORT, batch_port: int | None = None
+        self,
+        las_port: int = LAS_PORT,
+        cas_port: int = CAS_PORT,
+        batch_port: int | None = None,
+        kvs_port: int | None = None,
     ) -> list[Running]:
         """Start the embedded platform: LAS, then CAS (which needs the LAS), then the
-        batch manager when `batch_port` is given (its workers attest to that CAS)."""
+        batch manager and the KVS gateway when their ports are given (both attest to
+        that CAS)."""
         data = str(self.data_dir)
         las_url, cas_url = f"http://127.0.0.1:{las_port}", f"https://127.0.0.1:{cas_port}"
         las_args = ["las", "serve", "--data-dir", data, "--port", str(las_port)]
@@ -156,6 +162,17 @@ class Supervisor:
                         "batch",
                         [*batch_args, "--cas", cas_url, "--las", las_url],
                         f"http://127.0.0.1:{batch_port}",
+                    )
+                )
+            if kvs_port is not None:
+                kvs_args = ["kvs", "serve", "--data-dir", data, "--port", str(kvs_port)]
+                started.append(
+                    self.start(
+                        "kvs",
+                        [*kvs_args, "--cas", cas_url, "--las", las_url],
+                        f"https://127.0.0.1:{kvs_port}",
+                        ca=self.data_dir / "kvs" / "ca.crt",
+                        timeout=60,
                     )
                 )
         except SupervisorError:

@@ -47,7 +47,7 @@ class Switchable:
 def open_gateway(directory):
     keys = KvsKeys.from_master(MASTER)
     stores = [Switchable(PackStore(directory / f"node-{i}")) for i in range(9)]
-    index = Index(directory / "index.log", keys.wrap_key)
+    index = Index(directory / "index.log", keys.index_key)
     gateway = Gateway(keys, stores, index, ZfecCoder())
     return gateway, stores
 

@@ -82,6 +82,14 @@ class Approval:
     signature: str
 
 
+def _redacted(record: dict) -> dict:
+    """A secret as owners see it: never its value; a CA's certificate, which is public."""
+    shown = {"kind": record["kind"], "value": "<redacted>"}
+    if record["kind"] == "x509-ca":
+        shown["certificate"] = record["crt"]
+    return shown
+
+
 class Cas:
     def __init__(
         self,
@@ -338,9 +346,7 @@ class Cas:
             "version": len(stored["history"]),
             "creator": stored["creator"],
             "policy": document,
-            "secrets": {
-                n: {"kind": r["kind"], "value": "<redacted>"} for n, r in stored["secrets"].items()
-            },
+            "secrets": {n: _redacted(r) for n, r in stored["secrets"].items()},
         }
 
     # -- attestation -------------------------------------------------------------

@@ -7,6 +7,7 @@ gateways receive from CAS):
     wrap key  wraps each object version's random data key
     meta key  seals the object's metadata (names, size, etag, wrapped key)
     mac key   authenticates each fragment
+    index key seals the gateway's index records
 
 Object data: the crypto stream recipe (64 KiB AES-256-GCM packages) under a
 fresh data key per version, associated data = canonical [bucket, key,
@@ -61,13 +62,20 @@ class KvsKeys:
     wrap_key: bytes
     meta_key: bytes
     mac_key: bytes
+    index_key: bytes
 
     @classmethod
     def from_master(cls, master: bytes) -> KvsKeys:
         def derive(purpose: str) -> bytes:
             return derive_key(master, info=f"securecloud/kvs/{purpose}".encode())
 
-        return cls(derive("object-id"), derive("wrap"), derive("meta"), derive("fragment-mac"))
+        return cls(
+            derive("object-id"),
+            derive("wrap"),
+            derive("meta"),
+            derive("fragment-mac"),
+            derive("index"),
+        )
 
     def object_id(self, bucket: str, key: str) -> str:
         return mac(self.id_key, canonical.encode([bucket, key]))[:16].hex()

@@ -1,0 +1,164 @@
+"""The gateway's native REST API (OpenAPI at /openapi.json).
+
+GET    /v1                          buckets the key can read
+PUT    /v1/{bucket}                 create a bucket (admin)
+GET    /v1/{bucket}?prefix=&start_after=&end=&limit=   objects in key order (read)
+PUT    /v1/{bucket}/{key}           store; headers X-Storage-Policy, If-Match: <version>
+                                    (0: must not exist), Content-Type (write)
+GET    /v1/{bucket}/{key}           the object; ETag, X-Object-Version, X-Storage-Policy
+HEAD   /v1/{bucket}/{key}           the same headers
+DELETE /v1/{bucket}/{key}           (write)
+PUT    /v1-admin/policy/{bucket}/{key}  {"policy": "..."}: re-encode (admin)
+GET    /v1-admin/stat/{bucket}/{key}    policy, version, fragment health per node (admin)
+"""
+
+from __future__ import annotations
+
+import anyio
+from fastapi import Body, Depends, FastAPI, Header, Query, Request, Response
+
+import securecloud
+from securecloud.infra.web import make_app
+from securecloud.services.kvs.apikeys import ApiKey, KeyStore, require
+from securecloud.services.kvs.codec import ObjectMeta
+from securecloud.services.kvs.errors import BadRequest
+from securecloud.services.kvs.gateway import Gateway
+
+MAX_OBJECT = 5 * 1024 * 1024 * 1024
+
+
+def _headers(meta: ObjectMeta) -> dict[str, str]:
+    return {
+        "ETag": f'"{meta.etag}"',
+        "X-Object-Version": str(meta.version),
+        "X-Storage-Policy": meta.policy,
+        "Content-Length": str(meta.size),
+        "Content-Type": meta.content_type,
+    }
+
+
+def _summary(meta: ObjectMeta) -> dict:
+    return {
+        "key": meta.key,
+        "size": meta.size,
+        "etag": meta.etag,
+        "version": meta.version,
+        "policy": meta.policy,
+        "modified_ms": meta.created_ms,
+    }
+
+
+def create_app(gateway: Gateway, keys: KeyStore) -> FastAPI:
+    app = make_app(
+        "securecloud KVS gateway",
+        securecloud.__version__,
+        health=lambda: {"nodes": len(gateway.nodes), "buckets": len(gateway.index.buckets)},
+        description="Confidential object store: encrypted, erasure-coded fragments.",
+    )
+
+    def caller(
+        authorization: str = Header(default="", description="Bearer <id>:<secret>"),
+    ) -> ApiKey:
+        return keys.bearer(authorization)
+
+    @app.get("/v1", tags=["buckets"])
+    def list_buckets(key: ApiKey = Depends(caller)) -> dict:
+        names = sorted(b for b in gateway.index.buckets if key.allows(b, "read"))
+        return {"buckets": names}
+
+    @app.put("/v1/{bucket}", tags=["buckets"])
+    def create_bucket(bucket: str, key: ApiKey = Depends(caller)) -> dict:
+        require(key, bucket, "admin")
+        return {"bucket": bucket, "created": gateway.create_bucket(bucket)}
+
+    @app.get("/v1/{bucket}", tags=["objects"])
+    def list_objects(
+        bucket: str,
+        prefix: str = Query("", max_length=1024),
+        start_after: str = Query("", max_length=1024),
+        end: str | None = Query(None, max_length=1024),
+        limit: int = Query(1000, ge=1, le=10000),
+        key: ApiKey = Depends(caller),
+    ) -> dict:
+        require(key, bucket, "read")
+        found = gateway.list(bucket, prefix, start_after, end, limit)
+        return {
+            "bucket": bucket,
+            "objects": [_summary(m) for m in found],
+            "truncated": len(found) == limit,
+        }
+
+    @app.put("/v1/{bucket}/{object_key:path}", tags=["objects"])
+    async def put_object(
+        request: Request,
+        bucket: str,
+        object_key: str,
+        x_storage_policy: str | None = Header(None, max_length=64),
+        if_match: str | None = Header(None, max_length=32),
+        content_type: str = Header("application/octet-stream", max_length=256),
+        key: ApiKey = Depends(caller),
+    ) -> dict:
+        require(key, bucket, "write")
+        expected = None
+        if if_match is not None:
+            try:
+                expected = int(if_match.strip('"'))
+            except ValueError:
+                raise BadRequest(
+                    "If-Match: expected an object version number", reason="bad-if-match"
+                ) from None
+        data = await request.body()
+        if len(data) > MAX_OBJECT:
+            raise BadRequest("object larger than 5 GiB", reason="too-large")
+        meta = await anyio.to_thread.run_sync(
+            lambda: gateway.put(
+                bucket,
+                object_key,
+                data,
+                policy=x_storage_policy,
+                if_match=expected,
+                content_type=content_type,
+            )
+        )
+        return _summary(meta)
+
+    @app.get("/v1/{bucket}/{object_key:path}", tags=["objects"])
+    def get_object(bucket: str, object_key: str, key: ApiKey = Depends(caller)) -> Response:
+        require(key, bucket, "read")
+        meta, data = gateway.get(bucket, object_key)
+        return Response(data, headers=_headers(meta), media_type=meta.content_type)
+
+    @app.head("/v1/{bucket}/{object_key:path}", tags=["objects"])
+    def head_object(bucket: str, object_key: str, key: ApiKey = Depends(caller)) -> Response:
+        require(key, bucket, "read")
+        return Response(headers=_headers(gateway.head(bucket, object_key)))
+
+    @app.delete("/v1/{bucket}/{object_key:path}", status_code=204, tags=["objects"])
+    def delete_object(bucket: str, object_key: str, key: ApiKey = Depends(caller)) -> Response:
+        require(key, bucket, "write")
+        gateway.delete(bucket, object_key)
+        return Response(status_code=204)
+
+    @app.put("/v1-admin/policy/{bucket}/{object_key:path}", tags=["admin"])
+    def set_policy(
+        bucket: str,
+        object_key: str,
+        body: dict = Body(examples=[{"policy": "ec:6+3"}]),
+        key: ApiKey = Depends(caller),
+    ) -> dict:
+        require(key, bucket, "admin")
+        policy = body.get("policy")
+        if not isinstance(policy, str):
+            raise BadRequest("policy: expected a string such as ec:6+3", reason="bad-policy")
+        return _summary(gateway.set_policy(bucket, object_key, policy))
+
+    @app.get("/v1-admin/stat/{bucket}/{object_key:path}", tags=["admin"])
+    def stat(bucket: str, object_key: str, key: ApiKey = Depends(caller)) -> dict:
+        require(key, bucket, "admin")
+        meta, health = gateway.stat(bucket, object_key)
+        return {
+            **_summary(meta),
+            "fragments": [{"index": h.index, "node": h.node, "state": h.state} for h in health],
+        }
+
+    return app

@@ -1,0 +1,68 @@
+"""Client of the gateway's native API, for the CLI, CascaDB and the applications."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import httpx
+
+from securecloud.infra.web import ApiClient
+from securecloud.services.kvs.errors import KvsError
+
+
+class KvsClient(ApiClient):
+    error = KvsError
+
+    def __init__(self, url: str, ca_file: Path, key_id: str, secret: str, timeout: float = 120):
+        context = ssl.create_default_context(cafile=str(ca_file))
+        super().__init__(
+            httpx.Client(
+                base_url=url,
+                verify=context,
+                timeout=timeout,
+                headers={"Authorization": f"Bearer {key_id}:{secret}"},
+            )
+        )
+
+    def create_bucket(self, bucket: str) -> dict:
+        return self._call("PUT", f"/v1/{bucket}").json()
+
+    def buckets(self) -> list[str]:
+        return self._call("GET", "/v1").json()["buckets"]
+
+    def put(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        policy: str | None = None,
+        if_match: int | None = None,
+    ) -> dict:
+        headers = {}
+        if policy:
+            headers["X-Storage-Policy"] = policy
+        if if_match is not None:
+            headers["If-Match"] = str(if_match)
+        return self._call("PUT", f"/v1/{bucket}/{key}", content=data, headers=headers).json()
+
+    def get(self, bucket: str, key: str) -> bytes:
+        return self._call("GET", f"/v1/{bucket}/{key}").content
+
+    def head(self, bucket: str, key: str) -> dict[str, str]:
+        return dict(self._call("HEAD", f"/v1/{bucket}/{key}").headers)
+
+    def delete(self, bucket: str, key: str) -> None:
+        self._call("DELETE", f"/v1/{bucket}/{key}")
+
+    def list(
+        self, bucket: str, prefix: str = "", start_after: str = "", limit: int = 1000
+    ) -> list[dict]:
+        params = {"prefix": prefix, "start_after": start_after, "limit": limit}
+        return self._call("GET", f"/v1/{bucket}", params=params).json()["objects"]
+
+    def set_policy(self, bucket: str, key: str, policy: str) -> dict:
+        return self._call("PUT", f"/v1-admin/policy/{bucket}/{key}", json={"policy": policy}).json()
+
+    def stat(self, bucket: str, key: str) -> dict:
+        return self._call("GET", f"/v1-admin/stat/{bucket}/{key}").json()

@@ -1,0 +1,138 @@
+"""Starting the gateway as an attested service: its CAS policy, then the launch.
+
+`securecloud kvs serve` writes the session `kvs` (service `gateway`) that
+admits only the measured `kvs-gateway` code and gives it: a master key
+(aes-256, kept across policy updates), the node token, a TLS certificate from
+the session's own CA, and the API-key store. The admin key's secret is
+generated here once and kept in <data dir>/kvs/credentials.json (0600) for the
+CLI; in the policy it is a secret with a value, which `policy show` redacts.
+The session CA's certificate (public) goes to <data dir>/kvs/ca.crt so clients
+can verify the gateway.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from securecloud.crypto import canonical
+from securecloud.runtime.durable import atomic_write
+from securecloud.runtime.manifest import load_manifest
+from securecloud.runtime.measurement import measure
+
+SESSION = "kvs"
+
+
+@dataclass(frozen=True)
+class GatewayDeployment:
+    data_dir: Path
+    cas_url: str
+    cas_ca: Path
+    identity: Path
+    host: str = "127.0.0.1"
+    port: int = 8083
+    nodes: tuple[str, ...] = ()
+    node_token: str | None = None
+    coder: str = "zfec"
+
+    @property
+    def directory(self) -> Path:
+        return self.data_dir / "kvs"
+
+    def credentials(self) -> dict:
+        path = self.directory / "credentials.json"
+        if not path.exists():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            atomic_write(
+                path, json.dumps({"id": "admin", "secret": secrets.token_urlsafe(32)}).encode()
+            )
+        return json.loads(path.read_text())
+
+    def policy(self, predecessor: str | None) -> dict:
+        creds = self.credentials()
+        command = [
+            "--data-dir",
+            str(self.data_dir.resolve()),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--coder",
+            self.coder,
+        ]
+        for node in self.nodes:
+            command += ["--node", node]
+        key_store = {
+            "keys": [
+                {
+                    "id": creds["id"],
+                    "secret": "$$SC::admin_secret$$",
+                    "tenant": "operator",
+                    "scopes": {"*": ["read", "write", "admin"]},
+                }
+            ]
+        }
+        policy = {
+            "name": SESSION,
+            "services": [
+                {
+                    "name": "gateway",
+                    "mrenclaves": [measure(load_manifest("kvs-gateway"))],
+                    "command": command,
+                    "environment": {
+                        "SECURECLOUD_KVS_MASTER_KEY": "$$SC::master_key$$",
+                        "SECURECLOUD_KVS_NODE_TOKEN": "$$SC::node_token$$",
+                    },
+                    "injection_files": [
+                        {"path": "tls/gateway.crt", "content": "$$SC::gateway_tls.crt$$"},
+                        {"path": "tls/gateway.key", "content": "$$SC::gateway_tls.key$$"},
+                        {"path": "api-keys.json", "content": json.dumps(key_store)},
+                    ],
+                    "heap_mb": 32,
+                }
+            ],
+            "secrets": [
+                {"name": "master_key", "kind": "aes-256"},
+                {"name": "node_token", "kind": "ascii", "value": self.node_token or "-"},
+                {"name": "admin_secret", "kind": "ascii", "value": creds["secret"]},
+                {"name": "kvs_ca", "kind": "x509-ca"},
+                {
+                    "name": "gateway_tls",
+                    "kind": "x509",
+                    "issuer": "kvs_ca",
+                    "san": sorted({"localhost", "127.0.0.1", self.host}),
+                    "valid_for": 365,
+                },
+            ],
+            "security": {"attestation": {"tolerate": ["simulation"]}},
+        }
+        if predecessor:
+            policy["predecessor"] = predecessor
+        return policy
+
+    def apply(self) -> str:
+        """Write or update the session; save the CA certificate; return the config id."""
+        from securecloud.infra.cas.client import CasClient, Identity
+        from securecloud.infra.cas.errors import CasError
+
+        identity = Identity(self.identity)
+        if not identity.exists():
+            with CasClient(self.cas_url, self.cas_ca) as anonymous:
+                anonymous.enroll(identity.directory)
+        with CasClient(self.cas_url, self.cas_ca, identity) as client:
+            try:
+                predecessor = client.show(SESSION)["hash"]
+            except CasError as exc:
+                if exc.reason != "no-such-session":
+                    raise
+                predecessor = None
+            client.apply(canonical.encode(self.policy(predecessor)).decode())
+            shown = client.show(SESSION)
+        atomic_write(
+            self.directory / "ca.crt",
+            shown["secrets"]["kvs_ca"]["certificate"].encode(),
+            mode=0o644,
+        )
+        return f"{SESSION}/gateway"

@@ -1,0 +1,195 @@
+"""The KVS with real processes: nine storage nodes, an attested gateway, kills."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from securecloud.infra.supervisor import Supervisor, free_port
+from securecloud.services.kvs.client import KvsClient
+from securecloud.services.kvs.errors import KvsError
+
+TOKEN = "node-token-for-tests"
+
+
+def start_node(directory, port, token_file):
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "securecloud.cli.main",
+            "kvs",
+            "node",
+            "serve",
+            "--directory",
+            str(directory),
+            "--port",
+            str(port),
+            "--token-file",
+            str(token_file),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(200):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise RuntimeError("node did not start")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("kvs")
+    token_file = data_dir / "node-token"
+    token_file.write_text(TOKEN)
+    supervisor = Supervisor(data_dir)
+    las, cas = supervisor.up(free_port(), free_port())
+    ports = [free_port() for _ in range(9)]
+    nodes = {p: start_node(data_dir / f"node-{p}", p, token_file) for p in ports}
+    gateway_port = free_port()
+    args = [
+        "kvs",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(gateway_port),
+        "--cas",
+        cas.url,
+        "--las",
+        las.url,
+        "--node-token-file",
+        str(token_file),
+    ]
+    for p in ports:
+        args += ["--node", f"http://127.0.0.1:{p}"]
+    gateway = supervisor.start(
+        "kvs", args, f"https://127.0.0.1:{gateway_port}", ca=data_dir / "kvs" / "ca.crt", timeout=60
+    )
+    creds = json.loads((data_dir / "kvs" / "credentials.json").read_text())
+    client = KvsClient(gateway.url, data_dir / "kvs" / "ca.crt", creds["id"], creds["secret"])
+    client.create_bucket("meters")
+    state = {
+        "data_dir": data_dir,
+        "nodes": nodes,
+        "token_file": token_file,
+        "supervisor": supervisor,
+        "client": client,
+        "args": args,
+        "gateway": gateway,
+    }
+    yield state
+    client.close()
+    for process in state["nodes"].values():
+        process.terminate()
+        process.wait()
+    supervisor.stop_all()
+
+
+def test_node_refuses_requests_without_the_token(cluster):
+    port = next(iter(cluster["nodes"]))
+    response = httpx.get(f"http://127.0.0.1:{port}/v1/fragments")
+    assert response.status_code == 401
+
+
+def test_nodes_see_no_plaintext_and_no_names(cluster):
+    client = cluster["client"]
+    secret = b"meter 0042 reported 17.25 kWh at 03:45 " * 50
+    client.put("meters", "consumer-0042/2026-11-21", secret, policy="hybrid:1+6+2")
+    client.put("meters", "consumer-0042/tiny", secret[:64])
+    for port in cluster["nodes"]:
+        for path in (cluster["data_dir"] / f"node-{port}").glob("*"):
+            content = path.read_bytes()
+            for needle in (secret[:40], b"consumer-0042", b"meters", b"17.25 kWh"):
+                assert needle not in content, (path, needle)
+
+
+def test_killing_up_to_m_nodes_keeps_every_object_readable_and_m_plus_one_stops_writes(cluster):
+    client, nodes = cluster["client"], cluster["nodes"]
+    objects = {f"obj-{p}": os.urandom(200_000) for p in ("ec:6+3", "hybrid:1+6+2")}
+    for (key, data), policy in zip(objects.items(), ("ec:6+3", "hybrid:1+6+2"), strict=True):
+        client.put("meters", key, data, policy=policy)
+    victims = list(nodes)[:4]
+    for port in victims[:3]:
+        nodes[port].send_signal(signal.SIGKILL)
+        nodes[port].wait()
+    for key, data in objects.items():
+        assert client.get("meters", key) == data
+    client.put("meters", "written-with-3-down", b"x" * 200_000, policy="ec:6+3")
+    nodes[victims[3]].send_signal(signal.SIGKILL)
+    nodes[victims[3]].wait()
+    with pytest.raises(KvsError) as caught:
+        client.put("meters", "obj-ec:6+3", b"must not appear", policy="ec:6+3")
+    assert caught.value.status == 503
+    for port in victims:  # restart them: nothing half-written became visible
+        nodes[port] = start_node(cluster["data_dir"] / f"node-{port}", port, cluster["token_file"])
+    assert client.get("meters", "obj-ec:6+3") == objects["obj-ec:6+3"]
+    assert client.head("meters", "obj-ec:6+3")["x-object-version"] == "1"
+
+
+def test_a_gateway_killed_with_minus_nine_keeps_what_it_acknowledged(cluster):
+    client, supervisor = cluster["client"], cluster["supervisor"]
+    for i in range(20):
+        client.put("meters", f"acked/{i}", f"value {i}".encode())
+    gateway_pids = [
+        p
+        for p in os.listdir("/proc")
+        if p.isdigit() and b"SECURECLOUD_CONFIG_ID=kvs/gateway" in _environ(p)
+    ]
+    for pid in gateway_pids:
+        os.kill(int(pid), signal.SIGKILL)
+    supervisor.stop("kvs", grace=5)
+    gateway = supervisor.start(
+        "kvs",
+        cluster["args"],
+        cluster["gateway"].url,
+        ca=cluster["data_dir"] / "kvs" / "ca.crt",
+        timeout=60,
+    )
+    assert gateway.url == cluster["gateway"].url
+    for i in range(20):
+        assert client.get("meters", f"acked/{i}") == f"value {i}".encode()
+
+
+def _environ(pid):
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            return handle.read()
+    except OSError:
+        return b""
+
+
+def test_gateway_refuses_to_start_without_its_configuration_from_cas(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from securecloud.services.kvs.server import main; "
+            f"raise SystemExit(main(['--data-dir', '{tmp_path}']))",
+        ],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"]},
+        timeout=60,
+    )
+    assert result.returncode == 3 and "no master key from CAS" in result.stderr
+
+
+def test_api_refuses_bad_credentials_and_missing_scopes(cluster):
+    url = cluster["gateway"].url
+    ca = str(cluster["data_dir"] / "kvs" / "ca.crt")
+    import ssl
+
+    context = ssl.create_default_context(cafile=ca)
+    anonymous = httpx.get(f"{url}/v1", verify=context)
+    assert anonymous.status_code == 401 and anonymous.json()["reason"] == "bad-credentials"
+    wrong = httpx.get(f"{url}/v1", verify=context, headers={"Authorization": "Bearer admin:no"})
+    assert wrong.status_code == 401
