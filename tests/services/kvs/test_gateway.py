@@ -214,3 +214,47 @@ def test_clear_errors_for_unknown_buckets_bad_names_and_oversize_keys(gateway):
     with pytest.raises(BadRequest, match="11 fragments"):
         gw.put("meters", "k", b"x", policy="ec:2+9")
     assert parse_policy("ec:6+3", 9).write_quorum() == (0, 6)
+
+
+def test_batch_is_all_or_nothing(gateway):
+    from securecloud.services.kvs.gateway import BatchOp
+
+    gw, stores, _ = gateway
+    gw.put("meters", "old", b"to be deleted")
+    gw.put("meters", "kept", b"v1")
+    result = gw.batch(
+        "meters", [BatchOp("a", b"A"), BatchOp("b", b"B" * 200_000), BatchOp("old", delete=True)]
+    )
+    assert [m.key for m in result] == ["a", "b", "old"]
+    assert gw.get("meters", "a")[1] == b"A" and gw.get("meters", "b")[1] == b"B" * 200_000
+    with pytest.raises(NotFound):
+        gw.get("meters", "old")
+    with pytest.raises(PreconditionFailed):  # one stale precondition: nothing happens
+        gw.batch("meters", [BatchOp("c", b"C"), BatchOp("kept", b"v2", if_match=7)])
+    with pytest.raises(NotFound):
+        gw.head("meters", "c")
+    for store in stores[:4]:
+        store.down = True
+    with pytest.raises(QuorumLost):  # storage fails midway: nothing becomes visible
+        gw.batch("meters", [BatchOp("d", b"D" * 300_000, policy="ec:6+3"), BatchOp("kept", b"v2")])
+    for store in stores[:4]:
+        store.down = False
+    assert gw.get("meters", "kept") == (gw.head("meters", "kept"), b"v1")
+    with pytest.raises(NotFound):
+        gw.head("meters", "d")
+
+
+def test_a_torn_batch_record_is_dropped_whole_on_restart(tmp_path):
+    from securecloud.services.kvs.gateway import BatchOp
+
+    gw, _ = open_gateway(tmp_path)
+    gw.create_bucket("meters")
+    gw.put("meters", "before", b"x")
+    size_before = (tmp_path / "index.log").stat().st_size
+    gw.batch("meters", [BatchOp(f"k{i}", b"v") for i in range(5)])
+    gw.close()
+    log = tmp_path / "index.log"
+    log.write_bytes(log.read_bytes()[: size_before + 40])  # the crash cut the batch record
+    gw, _ = open_gateway(tmp_path)
+    assert [m.key for m in gw.list("meters")] == ["before"]
+    gw.close()

@@ -193,3 +193,43 @@ def test_api_refuses_bad_credentials_and_missing_scopes(cluster):
     assert anonymous.status_code == 401 and anonymous.json()["reason"] == "bad-credentials"
     wrong = httpx.get(f"{url}/v1", verify=context, headers={"Authorization": "Bearer admin:no"})
     assert wrong.status_code == 401
+
+
+def test_gateway_killed_during_an_atomic_batch_shows_all_or_nothing(cluster):
+    import threading
+
+    client, supervisor = cluster["client"], cluster["supervisor"]
+    keys = [f"batch/{i}" for i in range(40)]
+    operations = [
+        {"op": "put", "key": k, "data": os.urandom(150_000), "policy": "ec:6+3"} for k in keys
+    ]
+    outcome = {}
+
+    def send():
+        try:
+            outcome["result"] = client.batch("meters", operations)
+        except Exception as exc:  # the gateway dies under it
+            outcome["error"] = exc
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    time.sleep(0.4)
+    for pid in [
+        p
+        for p in os.listdir("/proc")
+        if p.isdigit() and b"SECURECLOUD_CONFIG_ID=kvs/gateway" in _environ(p)
+    ]:
+        os.kill(int(pid), signal.SIGKILL)
+    sender.join(timeout=60)
+    supervisor.stop("kvs", grace=5)
+    supervisor.start(
+        "kvs",
+        cluster["args"],
+        cluster["gateway"].url,
+        ca=cluster["data_dir"] / "kvs" / "ca.crt",
+        timeout=60,
+    )
+    visible = {o["key"] for o in client.list("meters", prefix="batch/")}
+    assert visible in (set(), set(keys)), f"{len(visible)} of {len(keys)} visible"
+    if "result" in outcome:
+        assert visible == set(keys)

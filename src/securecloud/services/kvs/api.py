@@ -8,11 +8,15 @@ PUT    /v1/{bucket}/{key}           store; headers X-Storage-Policy, If-Match: <
 GET    /v1/{bucket}/{key}           the object; ETag, X-Object-Version, X-Storage-Policy
 HEAD   /v1/{bucket}/{key}           the same headers
 DELETE /v1/{bucket}/{key}           (write)
+POST   /v1-batch/{bucket}           {"operations": [{"op": "put"|"delete", "key", "data":
+                                    base64, "policy", "if_match"}]}: all or nothing (write)
 PUT    /v1-admin/policy/{bucket}/{key}  {"policy": "..."}: re-encode (admin)
 GET    /v1-admin/stat/{bucket}/{key}    policy, version, fragment health per node (admin)
 """
 
 from __future__ import annotations
+
+import base64
 
 import anyio
 from fastapi import Body, Depends, FastAPI, Header, Query, Request, Response
@@ -22,7 +26,7 @@ from securecloud.infra.web import make_app
 from securecloud.services.kvs.apikeys import ApiKey, KeyStore, require
 from securecloud.services.kvs.codec import ObjectMeta
 from securecloud.services.kvs.errors import BadRequest
-from securecloud.services.kvs.gateway import Gateway
+from securecloud.services.kvs.gateway import BatchOp, Gateway
 
 MAX_OBJECT = 5 * 1024 * 1024 * 1024
 
@@ -138,6 +142,55 @@ def create_app(gateway: Gateway, keys: KeyStore) -> FastAPI:
         require(key, bucket, "write")
         gateway.delete(bucket, object_key)
         return Response(status_code=204)
+
+    @app.post("/v1-batch/{bucket}", tags=["objects"])
+    def batch(
+        bucket: str,
+        body: dict = Body(
+            examples=[
+                {
+                    "operations": [
+                        {"op": "put", "key": "a", "data": "aGVsbG8=", "if_match": 0},
+                        {"op": "delete", "key": "b"},
+                    ]
+                }
+            ]
+        ),
+        key: ApiKey = Depends(caller),
+    ) -> dict:
+        """Puts (data base64) and deletes, visible together or not at all."""
+        require(key, bucket, "write")
+        operations = []
+        raw = body.get("operations")
+        if not isinstance(raw, list):
+            raise BadRequest("operations: expected a list", reason="bad-batch")
+        for i, entry in enumerate(raw):
+            try:
+                kind = entry["op"]
+                if kind not in ("put", "delete"):
+                    raise ValueError("op must be put or delete")
+                if_match = entry.get("if_match")
+                if if_match is not None and (
+                    not isinstance(if_match, int) or isinstance(if_match, bool)
+                ):
+                    raise ValueError("if_match must be a version number")
+                operations.append(
+                    BatchOp(
+                        key=str(entry["key"]),
+                        data=base64.b64decode(entry.get("data", ""), validate=True),
+                        delete=kind == "delete",
+                        policy=entry.get("policy"),
+                        if_match=if_match,
+                    )
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                raise BadRequest(f"operations[{i}]: {exc}", reason="bad-batch") from exc
+        return {
+            "bucket": bucket,
+            "objects": [
+                _summary(m) | {"deleted": m.deleted} for m in gateway.batch(bucket, operations)
+            ],
+        }
 
     @app.put("/v1-admin/policy/{bucket}/{object_key:path}", tags=["admin"])
     def set_policy(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ssl
 from pathlib import Path
 
@@ -60,6 +61,17 @@ class KvsClient(ApiClient):
     ) -> list[dict]:
         params = {"prefix": prefix, "start_after": start_after, "limit": limit}
         return self._call("GET", f"/v1/{bucket}", params=params).json()["objects"]
+
+    def batch(self, bucket: str, operations: list[dict]) -> list[dict]:
+        """Atomic puts and deletes: [{"op": "put", "key", "data": bytes, ...},
+        {"op": "delete", "key"}]."""
+        encoded = [
+            {**op, "data": base64.b64encode(op["data"]).decode()} if "data" in op else op
+            for op in operations
+        ]
+        return self._call("POST", f"/v1-batch/{bucket}", json={"operations": encoded}).json()[
+            "objects"
+        ]
 
     def set_policy(self, bucket: str, key: str, policy: str) -> dict:
         return self._call("PUT", f"/v1-admin/policy/{bucket}/{key}", json={"policy": policy}).json()

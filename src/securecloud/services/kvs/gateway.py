@@ -56,6 +56,16 @@ MAX_KEY_BYTES = 1024
 
 
 @dataclass(frozen=True)
+class BatchOp:
+    key: str
+    data: bytes = b""
+    delete: bool = False
+    policy: str | None = None
+    if_match: int | None = None
+    content_type: str = "application/octet-stream"
+
+
+@dataclass(frozen=True)
 class FragmentHealth:
     index: int
     node: str
@@ -306,6 +316,78 @@ class Gateway:
             self._retire(object_id, meta)
         return tombstone
 
+    def batch(self, bucket: str, operations: list[BatchOp]) -> list[ObjectMeta]:
+        """Puts and deletes that become visible together or not at all.
+
+        Every fragment of every operation is written first; only then is one
+        index record committed. A failure (or a crash) before that record is
+        durable leaves nothing visible; the fragments written so far belong to
+        versions nothing refers to.
+        """
+        self._bucket(bucket)
+        if not operations or len(operations) > 1000:
+            raise BadRequest("a batch holds 1..1000 operations", reason="bad-batch")
+        keys = [op.key for op in operations]
+        if len(set(keys)) != len(keys):
+            raise BadRequest("a batch may name each key once", reason="bad-batch")
+        for op in operations:
+            check_name(bucket, op.key)
+        ids = {op.key: self.keys.object_id(bucket, op.key) for op in operations}
+        locks = [self._lock(ids[k]) for k in sorted(keys, key=lambda k: ids[k])]
+        for lock in locks:
+            lock.acquire()
+        try:
+            return self._batch_locked(bucket, operations, ids)
+        finally:
+            for lock in reversed(locks):
+                lock.release()
+
+    def _batch_locked(self, bucket, operations, ids) -> list[ObjectMeta]:
+        plans = []
+        for op in operations:
+            current = self.index.get(bucket, op.key)
+            version_now = current.version if current else 0
+            if op.if_match is not None and op.if_match != version_now:
+                raise PreconditionFailed(
+                    f"{bucket}/{op.key} is at version {version_now}, not {op.if_match}"
+                )
+            version = (
+                version_now + 1 if current else (self.index.tombstones.get((bucket, op.key), 0) + 1)
+            )
+            if op.delete:
+                if current is None:
+                    raise NotFound(f"no object {bucket}/{op.key}", reason="no-such-key")
+                policy = Policy(replicas=min(3, len(self.nodes)))
+                meta = replace(current, version=version, size=0, deleted=True, policy=str(policy))
+                plans.append((op, current, meta, policy, b""))
+                continue
+            policy = (
+                parse_policy(op.policy, len(self.nodes))
+                if op.policy
+                else default_policy(len(op.data), len(self.nodes))
+            )
+            meta, ciphertext = encrypt_object(
+                self.keys, bucket, op.key, version, op.data, policy, op.content_type
+            )
+            plans.append((op, current, meta, policy, ciphertext))
+        written = []
+        try:
+            for op, _, meta, policy, ciphertext in plans:
+                self._store_version(ids[op.key], meta, policy, ciphertext)
+                written.append((ids[op.key], meta, policy))
+        except KvsError:
+            for object_id, meta, policy in written:
+                self._delete_fragments(object_id, meta.version, policy.fragments)
+            raise
+        self.index.commit_batch(
+            [m for op, _, m, _, _ in plans if not op.delete],
+            [m for op, _, m, _, _ in plans if op.delete],
+        )
+        for op, current, _, _, _ in plans:
+            if current is not None:
+                self._retire(ids[op.key], current)
+        return [meta for _, _, meta, _, _ in plans]
+
     def list(
         self,
         bucket: str,
@@ -350,4 +432,4 @@ class Gateway:
             store.close()
 
 
-__all__ = ["FragmentHealth", "Gateway", "KvsError", "check_name"]
+__all__ = ["BatchOp", "FragmentHealth", "Gateway", "KvsError", "check_name"]

@@ -10,7 +10,8 @@ record (never acknowledged) is cut off. The index can also be rebuilt from the
 sealed metadata that every fragment carries (later work, docs/kvs.md).
 
 Record layout: length (4, big-endian) | envelope of canonical JSON
-{"op": "bucket" | "put" | "delete", ...}.
+{"op": "bucket" | "put" | "delete" | "batch", ...}. An atomic batch is one
+record holding all its entries: replayed whole, or (torn) not at all.
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ class Index:
 
     def _apply(self, record: dict) -> None:
         op = record["op"]
+        if op == "batch":  # one record, so a batch is applied whole or not at all
+            for entry in record["entries"]:
+                self._apply(entry)
+            return
         if op == "bucket":
             self.buckets.setdefault(record["bucket"], {})
             self._sorted.setdefault(record["bucket"], [])
@@ -95,6 +100,11 @@ class Index:
         self._file.wait(ticket)
         with self._lock:
             self._apply(record)
+
+    def commit_batch(self, puts: list[ObjectMeta], deletes: list[ObjectMeta]) -> None:
+        entries = [{"op": "put", "meta": m.to_json()} for m in puts]
+        entries += [{"op": "delete", "meta": m.to_json()} for m in deletes]
+        self._commit({"op": "batch", "entries": entries})
 
     def create_bucket(self, bucket: str) -> bool:
         if bucket in self.buckets:
