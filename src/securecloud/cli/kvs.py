@@ -249,3 +249,27 @@ def policy_set(
     with _client(data_dir, url) as client:
         result = client.set_policy(bucket, key, policy)
     console.print(f"{bucket}/{key} now {result['policy']} (version {result['version']})")
+
+
+@app.command()
+@handle_errors
+def scrub(
+    sample: Annotated[
+        float, typer.Option(help="Fraction of objects to check, 0 < P ≤ 1 (1: all).")
+    ] = 1.0,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    url: Url = None,
+) -> None:
+    """Verify every fragment; rewrite missing or corrupt ones (refills a replaced node)."""
+    if not 0 < sample <= 1:
+        fail("--sample: must be in (0, 1]")
+    with _client(data_dir, url) as client:
+        print_json(client.scrub(sample))
+
+
+@app.command("rebuild-index")
+@handle_errors
+def rebuild_index(data_dir: DataDir = DEFAULT_DATA_DIR, url: Url = None) -> None:
+    """Rebuild the gateway's index from the sealed metadata on the storage nodes."""
+    with _client(data_dir, url) as client:
+        print_json(client.rebuild_index())

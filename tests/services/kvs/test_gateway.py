@@ -258,3 +258,46 @@ def test_a_torn_batch_record_is_dropped_whole_on_restart(tmp_path):
     gw, _ = open_gateway(tmp_path)
     assert [m.key for m in gw.list("meters")] == ["before"]
     gw.close()
+
+
+def test_scrub_refills_a_replaced_node(tmp_path):
+    import shutil
+
+    gw, _ = open_gateway(tmp_path)
+    gw.create_bucket("meters")
+    data = {f"k{i}": os.urandom(150_000 + i) for i in range(12)}
+    for key, value in data.items():
+        gw.put("meters", key, value, policy="hybrid:1+6+2")
+    gw.close()
+    shutil.rmtree(tmp_path / "node-4")  # the disk of one node is replaced by an empty one
+    gw, _ = open_gateway(tmp_path)
+    report = gw.scrub()
+    assert report["objects"] == 12 and report["repaired"] > 0 and not report["unreadable"]
+    for key in data:
+        _, health = gw.stat("meters", key)
+        assert all(h.state == "ok" for h in health)
+    assert gw.scrub()["repaired"] == 0
+    gw.close()
+
+
+def test_the_index_is_rebuilt_from_the_nodes(tmp_path):
+    gw, _ = open_gateway(tmp_path)
+    gw.create_bucket("meters")
+    gw.put("meters", "a", b"first")
+    gw.put("meters", "a", b"second")
+    gw.put("meters", "b", os.urandom(200_000), policy="ec:6+3")
+    gw.put("meters", "gone", b"x")
+    gw.delete("meters", "gone")
+    expected_b = gw.get("meters", "b")[1]
+    gw.close()
+    (tmp_path / "index.log").unlink()  # the gateway's index is lost
+    gw, _ = open_gateway(tmp_path)
+    report = gw.rebuild_index()
+    assert (report["objects"], report["deleted"]) == (2, 1)
+    assert gw.get("meters", "a") == (gw.head("meters", "a"), b"second")
+    assert gw.head("meters", "a").version == 2
+    assert gw.get("meters", "b")[1] == expected_b
+    with pytest.raises(NotFound):
+        gw.head("meters", "gone")
+    assert gw.put("meters", "gone", b"again").version == 3  # above the tombstone
+    gw.close()

@@ -133,6 +133,11 @@ def test_killing_up_to_m_nodes_keeps_every_object_readable_and_m_plus_one_stops_
         nodes[port] = start_node(cluster["data_dir"] / f"node-{port}", port, cluster["token_file"])
     assert client.get("meters", "obj-ec:6+3") == objects["obj-ec:6+3"]
     assert client.head("meters", "obj-ec:6+3")["x-object-version"] == "1"
+    stat = client.stat("meters", "written-with-3-down")
+    assert [f["state"] for f in stat["fragments"]].count("ok") == 6  # 3 were down
+    assert client.scrub()["repaired"] >= 3
+    stat = client.stat("meters", "written-with-3-down")
+    assert all(f["state"] == "ok" for f in stat["fragments"])  # full health again
 
 
 def test_a_gateway_killed_with_minus_nine_keeps_what_it_acknowledged(cluster):

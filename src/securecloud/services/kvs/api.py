@@ -205,6 +205,16 @@ def create_app(gateway: Gateway, keys: KeyStore) -> FastAPI:
             raise BadRequest("policy: expected a string such as ec:6+3", reason="bad-policy")
         return _summary(gateway.set_policy(bucket, object_key, policy))
 
+    @app.post("/v1-admin/scrub", tags=["admin"])
+    def scrub(sample: float = Query(1.0, gt=0, le=1), key: ApiKey = Depends(caller)) -> dict:
+        require(key, None, "admin")
+        return gateway.scrub(sample)
+
+    @app.post("/v1-admin/rebuild-index", tags=["admin"])
+    def rebuild_index(key: ApiKey = Depends(caller)) -> dict:
+        require(key, None, "admin")
+        return gateway.rebuild_index()
+
     @app.get("/v1-admin/stat/{bucket}/{object_key:path}", tags=["admin"])
     def stat(bucket: str, object_key: str, key: ApiKey = Depends(caller)) -> dict:
         require(key, bucket, "admin")

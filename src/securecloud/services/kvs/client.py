@@ -76,5 +76,11 @@ class KvsClient(ApiClient):
     def set_policy(self, bucket: str, key: str, policy: str) -> dict:
         return self._call("PUT", f"/v1-admin/policy/{bucket}/{key}", json={"policy": policy}).json()
 
+    def scrub(self, sample: float = 1.0) -> dict:
+        return self._call("POST", "/v1-admin/scrub", params={"sample": sample}).json()
+
+    def rebuild_index(self) -> dict:
+        return self._call("POST", "/v1-admin/rebuild-index").json()
+
     def stat(self, bucket: str, key: str) -> dict:
         return self._call("GET", f"/v1-admin/stat/{bucket}/{key}").json()

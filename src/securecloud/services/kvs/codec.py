@@ -200,22 +200,18 @@ class Fragment:
         return body + mac(keys.mac_key, body)
 
     @classmethod
-    def decode(
-        cls, keys: KvsKeys, blob: bytes, object_id: str, version: int, index: int
-    ) -> Fragment:
-        """Verify a fragment and that it is the one asked for (no substitution or replay)."""
+    def decode_any(cls, keys: KvsKeys, blob: bytes) -> Fragment:
+        """Verify a fragment's MAC and parse it, whatever it claims to be."""
         if len(blob) < 8 + MAC_SIZE or blob[:4] != MAGIC:
-            raise FragmentInvalid(f"fragment {object_id}/{version}/{index}: not a fragment")
+            raise FragmentInvalid("not a fragment")
         body, tag = blob[:-MAC_SIZE], blob[-MAC_SIZE:]
         try:
             verify_mac(keys.mac_key, body, tag)
         except CryptoError as exc:
-            raise FragmentInvalid(
-                f"fragment {object_id}/{version}/{index}: MAC fails (corrupted or forged)"
-            ) from exc
+            raise FragmentInvalid("MAC fails (corrupted or forged)") from exc
         (length,) = struct.unpack(">I", body[4:8])
         header = canonical.decode(body[8 : 8 + length])
-        fragment = cls(
+        return cls(
             header["o"],
             header["v"],
             header["i"],
@@ -227,6 +223,16 @@ class Fragment:
             bytes.fromhex(header["meta"]),
             body[8 + length :],
         )
+
+    @classmethod
+    def decode(
+        cls, keys: KvsKeys, blob: bytes, object_id: str, version: int, index: int
+    ) -> Fragment:
+        """Verify a fragment and that it is the one asked for (no substitution or replay)."""
+        try:
+            fragment = cls.decode_any(keys, blob)
+        except FragmentInvalid as exc:
+            raise FragmentInvalid(f"fragment {object_id}/{version}/{index}: {exc}") from exc
         if (fragment.object_id, fragment.version, fragment.index) != (object_id, version, index):
             got = f"{fragment.object_id}/{fragment.version}/{fragment.index}"
             raise FragmentInvalid(

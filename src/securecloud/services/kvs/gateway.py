@@ -19,6 +19,7 @@ removed, the old fragments deleted.
 
 from __future__ import annotations
 
+import random
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ from securecloud.services.kvs.codec import (
     decrypt_object,
     encrypt_object,
     make_fragments,
+    open_meta,
     reassemble,
     seal_meta,
 )
@@ -412,6 +414,87 @@ class Gateway:
             self.index.put(moved)
             self._retire(object_id, meta)
         return moved
+
+    def _check_all(self, object_id: str, meta: ObjectMeta) -> tuple[list[Fragment], list[int]]:
+        policy = parse_policy(meta.policy, len(self.nodes))
+        targets = place(object_id, self.nodes, policy.fragments)
+        results = list(
+            self._pool.map(
+                lambda i: (i, self._fetch(object_id, meta.version, i, targets[i])),
+                range(policy.fragments),
+            )
+        )
+        valid = [got for _, got in results if isinstance(got, Fragment)]
+        return valid, [i for i, got in results if not isinstance(got, Fragment)]
+
+    def scrub(self, sample: float = 1.0) -> dict:
+        """Check every fragment of (a random `sample` of) the objects; rewrite the missing
+        or invalid ones. A node replaced by an empty one is refilled this way."""
+        checked = fragments = repaired = 0
+        unreadable: list[str] = []
+        for bucket in sorted(self.index.buckets):
+            for meta in list(self.index.buckets[bucket].values()):
+                if sample < 1.0 and random.random() >= sample:
+                    continue
+                object_id = self.keys.object_id(bucket, meta.key)
+                with self._lock(object_id):
+                    current = self.index.get(bucket, meta.key)
+                    if current is None:
+                        continue
+                    valid, bad = self._check_all(object_id, current)
+                    checked += 1
+                    fragments += len(valid) + len(bad)
+                    if not bad:
+                        continue
+                    try:
+                        ciphertext = reassemble(self.coder, valid)
+                    except KvsError:
+                        unreadable.append(f"{bucket}/{meta.key}")
+                        continue
+                    self._repair(object_id, current, ciphertext, valid[0].meta, bad)
+                    repaired += len(bad)
+        return {
+            "objects": checked,
+            "fragments": fragments,
+            "repaired": repaired,
+            "unreadable": unreadable,
+        }
+
+    def rebuild_index(self) -> dict:
+        """Rebuild the index from the sealed metadata in the fragments on the nodes: for each
+        object, its highest version among fragments that verify (a tombstone: deleted).
+        Run it while no writes arrive: it replaces the index whole."""
+        latest: dict[str, ObjectMeta] = {}
+        scanned = 0
+        for store in self.stores.values():
+            after = ""
+            while True:
+                try:
+                    ids = store.list(after, 1000)
+                except Exception:  # an unreachable node: the others carry copies
+                    break
+                if not ids:
+                    break
+                for fid in ids:
+                    scanned += 1
+                    try:
+                        fragment = Fragment.decode_any(self.keys, store.get(fid) or b"")
+                    except FragmentInvalid:
+                        continue
+                    if fid != self.keys.fragment_id(
+                        fragment.object_id, fragment.version, fragment.index
+                    ):
+                        continue  # stored under another id: substituted
+                    meta = open_meta(self.keys, fragment.object_id, fragment.version, fragment.meta)
+                    known = latest.get(fragment.object_id)
+                    if known is None or meta.version > known.version:
+                        latest[fragment.object_id] = meta
+                after = ids[-1]
+        live = [m for m in latest.values() if not m.deleted]
+        gone = [m for m in latest.values() if m.deleted]
+        buckets = set(self.index.buckets) | {m.bucket for m in latest.values()}
+        self.index.replace_all(buckets, live, gone)
+        return {"fragments_scanned": scanned, "objects": len(live), "deleted": len(gone)}
 
     def stat(self, bucket: str, key: str) -> tuple[ObjectMeta, list[FragmentHealth]]:
         meta = self.head(bucket, key)

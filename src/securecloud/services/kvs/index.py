@@ -17,6 +17,7 @@ record holding all its entries: replayed whole, or (torn) not at all.
 from __future__ import annotations
 
 import bisect
+import os
 import struct
 import threading
 from collections.abc import Iterator
@@ -105,6 +106,24 @@ class Index:
         entries = [{"op": "put", "meta": m.to_json()} for m in puts]
         entries += [{"op": "delete", "meta": m.to_json()} for m in deletes]
         self._commit({"op": "batch", "entries": entries})
+
+    def replace_all(
+        self, buckets: set[str], live: list[ObjectMeta], tombstones: list[ObjectMeta]
+    ) -> None:
+        """Rewrite the index from scratch (rebuild-index): a new log, swapped in atomically."""
+        fresh = self.path.with_name(self.path.name + ".rebuild")
+        fresh.unlink(missing_ok=True)
+        with self._lock:
+            rebuilt = Index(fresh, self.key)
+            for bucket in sorted(buckets):
+                rebuilt.create_bucket(bucket)
+            rebuilt.commit_batch(live, tombstones)
+            rebuilt.close()
+            self._file.close()
+            os.replace(fresh, self.path)
+            self.buckets, self._sorted = rebuilt.buckets, rebuilt._sorted
+            self.tombstones, self._records = rebuilt.tombstones, rebuilt._records
+            self._file = GroupCommitFile(self.path)
 
     def create_bucket(self, bucket: str) -> bool:
         if bucket in self.buckets:
