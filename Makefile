@@ -22,9 +22,13 @@ lint: $(STAMP)
 
 # Servers the tests start themselves (on free ports): installed from Debian when missing.
 test-deps:
-	@command -v redis-server >/dev/null || { \
-	  echo "installing redis-server (the work-queue tests run a real Redis)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v rclone >/dev/null || missing="$$missing rclone"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing (tests run a real Redis and the rclone S3 client)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 
 # pytest's exit code is passed through unchanged: 5 (no tests collected) fails the run.
 test: lint test-deps

@@ -23,6 +23,7 @@ from fastapi import Body, Depends, FastAPI, Header, Query, Request, Response
 
 import securecloud
 from securecloud.infra.web import make_app
+from securecloud.services.kvs import s3
 from securecloud.services.kvs.apikeys import ApiKey, KeyStore, require
 from securecloud.services.kvs.codec import ObjectMeta
 from securecloud.services.kvs.errors import BadRequest
@@ -224,4 +225,5 @@ def create_app(gateway: Gateway, keys: KeyStore) -> FastAPI:
             "fragments": [{"index": h.index, "node": h.node, "state": h.state} for h in health],
         }
 
+    s3.install(app, gateway, keys)  # last: its routes match any /{bucket}/{key}
     return app

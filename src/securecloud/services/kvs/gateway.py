@@ -55,6 +55,17 @@ from securecloud.services.kvs.policy import Policy, default_policy, parse_policy
 
 FRAGMENT_EVENTS = Counter("securecloud_kvs_fragments_total", "Fragment events", ["event"])
 MAX_KEY_BYTES = 1024
+# names the native API and the operations endpoints use, and the multipart staging bucket
+RESERVED_BUCKETS = {
+    "v1",
+    "v1-admin",
+    "v1-batch",
+    "healthz",
+    "metrics",
+    "docs",
+    "redoc",
+    "securecloud-mpu",
+}
 
 
 @dataclass(frozen=True)
@@ -111,8 +122,10 @@ class Gateway:
             return self._locks[object_id]
 
     # -- buckets --------------------------------------------------------------
-    def create_bucket(self, bucket: str) -> bool:
+    def create_bucket(self, bucket: str, internal: bool = False) -> bool:
         check_name(bucket)
+        if bucket in RESERVED_BUCKETS and not internal:
+            raise BadRequest(f"bucket {bucket!r} is a reserved name", reason="bad-bucket")
         return self.index.create_bucket(bucket)
 
     def _bucket(self, bucket: str) -> None:
