@@ -3,7 +3,7 @@
 A store holds bytes under fragment ids (hex strings); it never sees names or
 plaintext. `put` returns only once the fragment is durable. Backends:
 `packstore.PackStore` (a local directory), `node.HttpFragmentStore` (a storage
-node process over HTTP).
+node process over HTTP), `s3store.S3FragmentStore` (an S3-compatible store).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from securecloud.services.kvs.gateway import Gateway
 from securecloud.services.kvs.index import Index
 from securecloud.services.kvs.node import HttpFragmentStore
 from securecloud.services.kvs.packstore import PackStore
+from securecloud.services.kvs.s3store import S3FragmentStore
 
 MANIFEST = builtin_service("kvs-gateway", "securecloud.services.kvs.server:main", heap_mb=32)
 DEFAULT_PORT = 8083
@@ -50,7 +51,10 @@ def open_gateway(args, master: bytes, node_token: str | None) -> Gateway:
     directory.mkdir(parents=True, exist_ok=True)
     keys = KvsKeys.from_master(master)
     if args.node:
-        stores = [HttpFragmentStore(url, node_token) for url in args.node]
+        stores = [
+            S3FragmentStore(url) if url.startswith("s3+") else HttpFragmentStore(url, node_token)
+            for url in args.node
+        ]
     else:
         stores = [
             PackStore(directory / "nodes" / f"node-{i}", name=f"local-{i}")
