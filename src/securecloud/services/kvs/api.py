@@ -30,6 +30,7 @@ from securecloud.services.kvs.errors import BadRequest
 from securecloud.services.kvs.gateway import BatchOp, Gateway
 
 MAX_OBJECT = 5 * 1024 * 1024 * 1024
+SMALL_READ = 256 * 1024
 
 
 def _headers(meta: ObjectMeta) -> dict[str, str]:
@@ -128,9 +129,15 @@ def create_app(gateway: Gateway, keys: KeyStore) -> FastAPI:
         return _summary(meta)
 
     @app.get("/v1/{bucket}/{object_key:path}", tags=["objects"])
-    def get_object(bucket: str, object_key: str, key: ApiKey = Depends(caller)) -> Response:
+    async def get_object(bucket: str, object_key: str, key: ApiKey = Depends(caller)) -> Response:
         require(key, bucket, "read")
-        meta, data = gateway.get(bucket, object_key)
+        # Small objects on local pack stores are read on the event loop (a page-cache read
+        # and microseconds of crypto); anything else in a worker thread, so a large object
+        # or a slow remote node never stalls other requests.
+        if gateway.local_reads and gateway.head(bucket, object_key).size < SMALL_READ:
+            meta, data = gateway.get(bucket, object_key)
+        else:
+            meta, data = await anyio.to_thread.run_sync(gateway.get, bucket, object_key)
         return Response(data, headers=_headers(meta), media_type=meta.content_type)
 
     @app.head("/v1/{bucket}/{object_key:path}", tags=["objects"])

@@ -50,6 +50,7 @@ from securecloud.services.kvs.errors import (
 )
 from securecloud.services.kvs.fragments import FragmentStore
 from securecloud.services.kvs.index import Index
+from securecloud.services.kvs.packstore import PackStore
 from securecloud.services.kvs.placement import place
 from securecloud.services.kvs.policy import Policy, default_policy, parse_policy
 
@@ -113,6 +114,9 @@ class Gateway:
         self.nodes = [s.name for s in stores]
         self.index = index
         self.coder = coder
+        # every fragment is on this machine's disk (the embedded default): reads never wait
+        # on a network
+        self.local_reads = all(isinstance(s, PackStore) for s in stores)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="kvs-io")
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._locks_lock = threading.Lock()
