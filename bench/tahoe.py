@@ -48,7 +48,9 @@ class TahoeGrid:
         log = open(directory.with_suffix(".log"), "wb")  # noqa: SIM115 - lives with the process
         self.processes.append(
             subprocess.Popen(
-                [str(self.tahoe), "run", str(directory)], stdout=log, stderr=subprocess.STDOUT
+                [str(self.tahoe), "run", "--allow-stdin-close", str(directory)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         )
 
@@ -57,7 +59,6 @@ class TahoeGrid:
         port = free_port()
         self._run(
             "create-introducer",
-            "--hostname=127.0.0.1",
             f"--port=tcp:{port}:interface=127.0.0.1",
             f"--location=tcp:127.0.0.1:{port}",
             str(introducer),
@@ -79,7 +80,6 @@ class TahoeGrid:
             node = self.base / f"storage-{i}"
             self._run(
                 "create-node",
-                "--hostname=127.0.0.1",
                 f"--port=tcp:{port}:interface=127.0.0.1",
                 f"--location=tcp:127.0.0.1:{port}",
                 f"--introducer={furl}",
@@ -107,7 +107,7 @@ class TahoeGrid:
                 connected = [
                     s
                     for s in servers
-                    if str(s.get("connection_status", "")).startswith("Connected")
+                    if str(s.get("connection_status", "")).lower().startswith("connected")
                 ]
                 if len(connected) >= self.storage_nodes:
                     return self
