@@ -54,25 +54,33 @@ def _nonce(index: int, final: bool) -> bytes:
     return b"\x00" * 7 + struct.pack(">IB", index, 1 if final else 0)
 
 
-def _chunks(source: Iterable[bytes]) -> Iterator[tuple[bytes, bool]]:
-    """Re-cut arbitrary input pieces into 64 KiB packages, flagging the last."""
-    pending = bytearray()
-    ready: bytes | None = None
+def _chunks(source: Iterable[bytes]) -> Iterator[tuple[bytes | memoryview, bool]]:
+    """Re-cut arbitrary input pieces into 64 KiB packages, flagging the last.
+
+    Packages are views into the input (no copy of large pieces); only a tail
+    shorter than a package is carried over to the next piece.
+    """
+    held: memoryview | None = None  # a full package, waiting to learn whether it is the last
+    carry = b""
     for piece in source:
-        pending += piece
-        while len(pending) > PACKAGE_SIZE:
-            if ready is not None:
-                yield ready, False
-            ready = bytes(pending[:PACKAGE_SIZE])
-            del pending[:PACKAGE_SIZE]
-    if ready is not None:
-        if pending:
-            yield ready, False
-            yield bytes(pending), True
-        else:
-            yield ready, True
+        if not piece:
+            continue
+        data = carry + bytes(piece) if carry else piece
+        view, offset = memoryview(data), 0
+        while len(view) - offset >= PACKAGE_SIZE:
+            if held is not None:
+                yield held, False
+            held = view[offset : offset + PACKAGE_SIZE]
+            offset += PACKAGE_SIZE
+        carry = bytes(view[offset:])
+    if carry:
+        if held is not None:
+            yield held, False
+        yield carry, True
+    elif held is not None:
+        yield held, True
     else:
-        yield bytes(pending), True
+        yield b"", True
 
 
 def seal_stream(
