@@ -72,9 +72,10 @@ def main(argv: list[str]) -> int:
     if len(master_hex) != 64:
         print("kvs-gateway: no master key from CAS; refusing to start", file=sys.stderr)
         return 3
+    node_token = os.environ.get("SECURECLOUD_KVS_NODE_TOKEN", "")
     gateway = open_gateway(
-        args, bytes.fromhex(master_hex), os.environ.get("SECURECLOUD_KVS_NODE_TOKEN") or None
-    )
+        args, bytes.fromhex(master_hex), None if node_token in ("", "-") else node_token
+    )  # "-": no token
     keys = KeyStore.from_json(args.api_keys.read_text())
     tls = TlsFiles(args.tls_cert.read_bytes(), args.tls_key.read_bytes())
     log.info(
