@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from securecloud.crypto import (
+    canonical,
     fingerprint,
     generate_signing_key,
     load_private_key_pem,
@@ -97,6 +98,27 @@ class CasClient(ApiClient):
 
     def audit_public_key(self) -> bytes:
         return self._call("GET", "/v1/audit/public-key").content
+
+
+def owner_client(url: str, ca_file: Path, directory: Path) -> CasClient:
+    """A client with the owner identity in `directory`, enrolling one first if there is none."""
+    identity = Identity(directory)
+    if not identity.exists():
+        with CasClient(url, ca_file) as anonymous:
+            anonymous.enroll(directory)
+    return CasClient(url, ca_file, identity)
+
+
+def apply_session(client: CasClient, policy: dict) -> dict:
+    """Create the session `policy` describes, or update it from its current version."""
+    try:
+        current = client.show(policy["name"])["hash"]
+    except CasError as exc:
+        if exc.reason != "no-such-session":
+            raise
+        current = None
+    document = {**policy, "predecessor": current} if current else policy
+    return client.apply(canonical.encode(document).decode())
 
 
 def approve(policy_text: str, identity: Identity) -> dict:

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from securecloud.crypto import canonical
 from securecloud.runtime.durable import atomic_write
 from securecloud.runtime.launcher import LaunchSpec
 from securecloud.runtime.manifest import load_manifest
@@ -269,8 +268,7 @@ class Manager:
 
     def _worker_session(self, run: Run) -> str:
         """Write the CAS policy that admits the batch worker for this submission."""
-        from securecloud.infra.cas.client import CasClient, Identity
-        from securecloud.infra.cas.errors import CasError
+        from securecloud.infra.cas.client import apply_session, owner_client
 
         sub = run.submission
         environment = {
@@ -297,16 +295,8 @@ class Manager:
             "security": {"attestation": {"tolerate": ["simulation"]}},
         }
         cas_ca = self.config.cas_ca or self.config.data_dir / "cas" / "ca.crt"
-        identity = Identity(self.config.identity or self.config.data_dir / "identity")
-        if not identity.exists():
-            with CasClient(self.config.cas_url, cas_ca) as anonymous:
-                anonymous.enroll(identity.directory)
-        with CasClient(self.config.cas_url, cas_ca, identity) as client:
-            try:
-                policy["predecessor"] = client.show(session)["hash"]
-            except CasError as exc:
-                if exc.reason != "no-such-session":
-                    raise
-            client.apply(canonical.encode(policy).decode())
+        identity = self.config.identity or self.config.data_dir / "identity"
+        with owner_client(self.config.cas_url, cas_ca, identity) as client:
+            apply_session(client, policy)
         run.note(f"CAS policy {session} admits the measured batch worker")
         return f"{session}/worker"

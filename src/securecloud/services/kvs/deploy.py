@@ -17,7 +17,6 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from securecloud.crypto import canonical
 from securecloud.runtime.durable import atomic_write
 from securecloud.runtime.manifest import load_manifest
 from securecloud.runtime.measurement import measure
@@ -50,7 +49,7 @@ class GatewayDeployment:
             )
         return json.loads(path.read_text())
 
-    def policy(self, predecessor: str | None) -> dict:
+    def policy(self) -> dict:
         creds = self.credentials()
         command = [
             "--data-dir",
@@ -108,27 +107,14 @@ class GatewayDeployment:
             ],
             "security": {"attestation": {"tolerate": ["simulation"]}},
         }
-        if predecessor:
-            policy["predecessor"] = predecessor
         return policy
 
     def apply(self) -> str:
         """Write or update the session; save the CA certificate; return the config id."""
-        from securecloud.infra.cas.client import CasClient, Identity
-        from securecloud.infra.cas.errors import CasError
+        from securecloud.infra.cas.client import apply_session, owner_client
 
-        identity = Identity(self.identity)
-        if not identity.exists():
-            with CasClient(self.cas_url, self.cas_ca) as anonymous:
-                anonymous.enroll(identity.directory)
-        with CasClient(self.cas_url, self.cas_ca, identity) as client:
-            try:
-                predecessor = client.show(SESSION)["hash"]
-            except CasError as exc:
-                if exc.reason != "no-such-session":
-                    raise
-                predecessor = None
-            client.apply(canonical.encode(self.policy(predecessor)).decode())
+        with owner_client(self.cas_url, self.cas_ca, self.identity) as client:
+            apply_session(client, self.policy())
             shown = client.show(SESSION)
         atomic_write(
             self.directory / "ca.crt",
