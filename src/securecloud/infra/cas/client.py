@@ -96,9 +96,6 @@ class CasClient(ApiClient):
     def show(self, name: str) -> dict:
         return self._call("GET", f"/v1/sessions/{name}").json()
 
-    def audit_public_key(self) -> bytes:
-        return self._call("GET", "/v1/audit/public-key").content
-
 
 def owner_client(url: str, ca_file: Path, directory: Path) -> CasClient:
     """A client with the owner identity in `directory`, enrolling one first if there is none."""

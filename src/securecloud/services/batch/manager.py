@@ -19,7 +19,7 @@ import logging
 import secrets
 import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -54,7 +54,6 @@ class BatchConfig:
     budget_mb: int = 93
     namespace: str = "default"
     log_level: str = "info"
-    extra: dict = field(default_factory=dict)
 
     @property
     def directory(self) -> Path:
@@ -64,7 +63,7 @@ class BatchConfig:
         return self.queue_url or f"sqlite:///{(self.directory / 'queue.db').resolve()}"
 
     def show(self) -> dict:
-        shown = {k: str(v) for k, v in self.__dict__.items() if k != "extra"}
+        shown = {k: str(v) for k, v in self.__dict__.items()}
         parts = urlsplit(self.base_queue_url())
         if parts.password:
             netloc = parts.netloc.replace(f":{parts.password}@", ":<redacted>@")

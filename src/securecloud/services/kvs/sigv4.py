@@ -45,7 +45,6 @@ class Signed:
     region: str
     signed_headers: tuple[str, ...]
     signature: str
-    amz_date: str
 
 
 def parse_authorization(value: str) -> Signed | None:
@@ -53,7 +52,7 @@ def parse_authorization(value: str) -> Signed | None:
     if not match:
         return None
     key, date, region, headers, signature = match.groups()
-    return Signed(key, date, region, tuple(headers.split(";")), signature, "")
+    return Signed(key, date, region, tuple(headers.split(";")), signature)
 
 
 def signing_key(secret: str, date: str, region: str) -> bytes:
