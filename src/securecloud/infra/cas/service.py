@@ -83,10 +83,12 @@ class Approval:
 
 
 def _redacted(record: dict) -> dict:
-    """A secret as owners see it: never its value; a CA's certificate, which is public."""
+    """A secret as owners see it: never its value; what is public (certificates, public keys)."""
     shown = {"kind": record["kind"], "value": "<redacted>"}
-    if record["kind"] == "x509-ca":
+    if record["kind"] in ("x509-ca", "x509"):
         shown["certificate"] = record["crt"]
+    if record["kind"] == "private-key":
+        shown["public_key"] = secrets.render(record, ".pub")
     return shown
 
 

@@ -22,6 +22,9 @@ from securecloud.runtime.manifest import load_manifest
 from securecloud.runtime.measurement import measure
 
 SESSION = "kvs"
+# API keys of platform services, each exported to the CAS session of that name
+# (which imports it as `kvs_secret`): tenant -> bucket scopes.
+TENANTS = {"metering": {"metering": ["read", "write"]}}
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,16 @@ class GatewayDeployment:
                     "secret": "$$SC::admin_secret$$",
                     "tenant": "operator",
                     "scopes": {"*": ["read", "write", "admin"]},
-                }
+                },
+                *(
+                    {
+                        "id": tenant,
+                        "secret": f"$$SC::{tenant}_secret$$",
+                        "tenant": tenant,
+                        "scopes": scopes,
+                    }
+                    for tenant, scopes in TENANTS.items()
+                ),
             ]
         }
         policy = {
@@ -96,6 +108,10 @@ class GatewayDeployment:
                 {"name": "master_key", "kind": "aes-256"},
                 {"name": "node_token", "kind": "ascii", "value": self.node_token or "-"},
                 {"name": "admin_secret", "kind": "ascii", "value": creds["secret"]},
+                *(
+                    {"name": f"{tenant}_secret", "kind": "ascii", "export": [tenant]}
+                    for tenant in TENANTS
+                ),
                 {"name": "kvs_ca", "kind": "x509-ca"},
                 {
                     "name": "gateway_tls",

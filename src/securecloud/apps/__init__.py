@@ -1,0 +1,1 @@
+"""Applications on the platform: metering, billing, fraud detection, the consumer portal."""

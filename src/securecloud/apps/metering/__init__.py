@@ -1,0 +1,1 @@
+"""Metering: meter protocol, simulator, aggregator and the trusted authenticator."""

@@ -1,0 +1,195 @@
+"""The aggregator (untrusted): many meter connections in, batches to authenticators out.
+
+It holds no key and never decrypts. It cuts each meter's byte stream into
+258-byte frames, checks the CRC (a frame with a bad CRC gets a NACK and the
+connection is closed, since the frame boundaries can no longer be trusted),
+sends frames in batches (up to `batch_frames`, or after `batch_delay` s) to the
+authenticator that owns the meter (meter id modulo the number of
+authenticators, so a meter's counters live in one place) and routes every
+reply back to the connection it belongs to. Counts by reason are Prometheus
+metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import ssl
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Gauge
+
+from securecloud.apps.metering import frames, link
+
+log = logging.getLogger("securecloud.metering.aggregator")
+FRAMES = Counter("securecloud_aggregator_frames_total", "Uplink frames forwarded")
+REPLIES = Counter("securecloud_aggregator_replies_total", "Downlink frames routed to meters")
+REFUSED = Counter("securecloud_aggregator_refused_total", "Frames refused here", ["reason"])
+CONNECTIONS = Gauge("securecloud_aggregator_connections", "Meter connections open")
+
+
+@dataclass(frozen=True)
+class AggregatorConfig:
+    host: str = "127.0.0.1"
+    port: int = 4800
+    authenticators: tuple[str, ...] = ("127.0.0.1:4810",)
+    ca_file: str | None = None
+    batch_frames: int = 2000
+    batch_delay: float = 0.005
+    backlog: int = 4096
+
+
+class MeterConnection(asyncio.Protocol):
+    def __init__(self, aggregator: Aggregator):
+        self.aggregator = aggregator
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.tag = 0
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.tag = self.aggregator.register(self)
+        CONNECTIONS.inc()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        size = frames.UPLINK_SIZE
+        while len(self.buffer) >= size:
+            frame = bytes(self.buffer[:size])
+            del self.buffer[:size]
+            if frames.crc(frame[:-2]) != int.from_bytes(frame[-2:], "little"):
+                REFUSED.labels("crc").inc()
+                meter = frames.meter_id_of(frame) or 0
+                self.send(frames.Nack(meter, 0, frames.NACK_CODES["crc"]).encode())
+                self.transport.close()
+                return
+            self.aggregator.forward(self.tag, frame)
+
+    def eof_received(self):
+        if self.buffer:
+            REFUSED.labels("length").inc()
+        return False
+
+    def send(self, frame: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(frame)
+
+    def connection_lost(self, exc) -> None:
+        self.aggregator.unregister(self.tag)
+        CONNECTIONS.dec()
+
+
+class Upstream:
+    """One TLS link to one authenticator, with its pending batch."""
+
+    def __init__(self, aggregator: Aggregator, address: str):
+        self.aggregator, self.address = aggregator, address
+        self.pending: list[tuple[int, bytes]] = []
+        self.writer: asyncio.StreamWriter | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.batch_ids = itertools.count(1)
+        self.connected = asyncio.Event()
+
+    async def run(self, context: ssl.SSLContext | None) -> None:
+        host, _, port = self.address.rpartition(":")
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection(
+                    host, int(port), ssl=context, server_hostname=host if context else None
+                )
+            except OSError as exc:
+                log.warning("authenticator %s unreachable: %s", self.address, exc)
+                await asyncio.sleep(0.5)
+                continue
+            self.writer = writer
+            self.connected.set()
+            log.info("linked to authenticator %s", self.address)
+            try:
+                while True:
+                    _batch, entries = await link.read_response(reader)
+                    self.aggregator.route(entries)
+            except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+                log.warning("link to %s lost: %s", self.address, exc)
+            finally:
+                self.connected.clear()
+                self.writer = None
+                writer.close()
+            await asyncio.sleep(0.2)
+
+    def add(self, tag: int, frame: bytes) -> None:
+        self.pending.append((tag, frame))
+        if len(self.pending) >= self.aggregator.config.batch_frames:
+            self.send()
+        elif self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(
+                self.aggregator.config.batch_delay, self.send
+            )
+
+    def send(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if not self.pending:
+            return
+        if self.writer is None:
+            # No link: the meters will time out and send again; nothing was acknowledged.
+            REFUSED.labels("no-authenticator").inc(len(self.pending))
+            self.pending = []
+            return
+        FRAMES.inc(len(self.pending))
+        self.writer.write(link.encode(next(self.batch_ids), self.pending))
+        self.pending = []
+
+
+class Aggregator:
+    def __init__(self, config: AggregatorConfig):
+        self.config = config
+        self.connections: dict[int, MeterConnection] = {}
+        self._tags = itertools.count(1)
+        self.upstreams = [Upstream(self, a) for a in config.authenticators]
+
+    def register(self, connection: MeterConnection) -> int:
+        tag = next(self._tags) & 0xFFFFFFFF
+        self.connections[tag] = connection
+        return tag
+
+    def unregister(self, tag: int) -> None:
+        self.connections.pop(tag, None)
+
+    def forward(self, tag: int, frame: bytes) -> None:
+        meter = frames.meter_id_of(frame) or 0
+        self.upstreams[meter % len(self.upstreams)].add(tag, frame)
+
+    def route(self, entries: list[tuple[int, bytes]]) -> None:
+        for tag, frame in entries:
+            connection = self.connections.get(tag)
+            if connection is not None:
+                connection.send(frame)
+                REPLIES.inc()
+
+    async def serve(self, ready: asyncio.Event | None = None) -> None:
+        context = None
+        if self.config.ca_file:
+            context = ssl.create_default_context(cafile=self.config.ca_file)
+        tasks = [asyncio.create_task(u.run(context)) for u in self.upstreams]
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: MeterConnection(self),
+            self.config.host,
+            self.config.port,
+            backlog=self.config.backlog,
+        )
+        log.info("aggregator listening on %s:%d", self.config.host, self.config.port)
+        if ready is not None:
+            ready.set()
+        try:
+            await server.serve_forever()
+        finally:
+            server.close()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

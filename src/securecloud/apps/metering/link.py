@@ -1,0 +1,48 @@
+"""The aggregator <-> authenticator link: batches of frames over one TLS stream.
+
+    request  = u32 length | u32 batch id | entries of (u32 tag | 258-byte uplink frame)
+    response = u32 length | u32 batch id | entries of (u32 tag | 96-byte downlink frame)
+
+The tag is the aggregator's name for a meter connection; the authenticator
+returns it unchanged with every reply (zero or more per frame). Frames stay
+encrypted end to end: the TLS link only hides which meters talk and keeps the
+untrusted network from altering batches in bulk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+from securecloud.apps.metering.frames import DOWNLINK_SIZE, UPLINK_SIZE
+
+_HEAD = struct.Struct(">II")
+MAX_MESSAGE = 64 << 20
+
+
+def encode(batch_id: int, entries: list[tuple[int, bytes]]) -> bytes:
+    body = b"".join(tag.to_bytes(4, "big") + frame for tag, frame in entries)
+    return _HEAD.pack(len(body) + 4, batch_id) + body
+
+
+async def read(
+    reader: asyncio.StreamReader, frame_size: int
+) -> tuple[int, list[tuple[int, bytes]]]:
+    head = await reader.readexactly(_HEAD.size)
+    length, batch_id = _HEAD.unpack(head)
+    if length < 4 or length > MAX_MESSAGE or (length - 4) % (4 + frame_size):
+        raise ValueError(f"link message of {length} bytes")
+    body = await reader.readexactly(length - 4)
+    step = 4 + frame_size
+    return batch_id, [
+        (int.from_bytes(body[i : i + 4], "big"), body[i + 4 : i + step])
+        for i in range(0, len(body), step)
+    ]
+
+
+async def read_request(reader):
+    return await read(reader, UPLINK_SIZE)
+
+
+async def read_response(reader):
+    return await read(reader, DOWNLINK_SIZE)

@@ -1,0 +1,126 @@
+"""How metering data lies in the KVS (bucket `metering`), and reading it back.
+
+    registry/meters.json                     the meter registry
+    batches/<auth>/<seq:012d>                one signed batch: the durable log
+    readings/<day>/<group:05d>/<auth>-<seq:012d>
+                                             a segment: readings of one day for
+                                             the meters of one group, with proofs
+    state/<auth>.json                        an authenticator's counters + checkpoint
+    quarantine counts and reasons            inside each batch
+
+A batch is written before any of its frames is acknowledged. Its leaves are
+meter id (4 bytes) || phasor report (121 bytes); its RFC 6962 root is signed
+with the regulator-registered key over the canonical statement
+
+    {"type": "securecloud.metering.batch.v1", "authenticator", "seq", "size",
+     "root" (hex), "created"}
+
+A group is 256 consecutive meter ids (meter_id // 256): one object per group
+and day instead of one per meter and day, so a day of 65,000 meters is about
+254 objects per flush, not 65,000, and billing reads a group at once. Segments
+may overlap after an authenticator restarts (the same reading in two
+segments); readers keep one reading per (meter, counter).
+
+Batch layout: b"SCMB1" | u32 header length | canonical JSON header | leaves.
+Segment layout: b"SCMS1" | records, each
+    meter u32 | batch seq u32 | leaf index u32 | proof length u8 | report (121) | proof (32 x n)
+plus the authenticator id in the key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from securecloud.apps.metering.reading import INTERVAL_S
+from securecloud.apps.metering.reading import SIZE as REPORT_SIZE
+from securecloud.crypto import canonical
+
+BUCKET = "metering"
+GROUP_SIZE = 256
+LEAF_SIZE = 4 + REPORT_SIZE
+_BATCH_MAGIC, _SEGMENT_MAGIC = b"SCMB1", b"SCMS1"
+_RECORD = struct.Struct(">IIIB")
+
+
+def batch_key(authenticator: str, seq: int) -> str:
+    return f"batches/{authenticator}/{seq:012d}"
+
+
+def segment_key(day: dt.date, group: int, authenticator: str, seq: int) -> str:
+    return f"readings/{day.isoformat()}/{group:05d}/{authenticator}-{seq:012d}"
+
+
+def state_key(authenticator: str) -> str:
+    return f"state/{authenticator}.json"
+
+
+def group_of(meter_id: int) -> int:
+    return meter_id // GROUP_SIZE
+
+
+def day_of(timestamp: int) -> tuple[dt.date, int, int]:
+    """(day, interval index 0..95, clock offset s) of a report stamped at an interval's end."""
+    nearest = round(timestamp / INTERVAL_S) * INTERVAL_S
+    start = nearest - INTERVAL_S
+    day = dt.datetime.fromtimestamp(start, dt.UTC).date()
+    return day, (start % 86400) // INTERVAL_S, timestamp - nearest
+
+
+def batch_statement(header: dict) -> bytes:
+    fields = ("authenticator", "seq", "size", "root", "created")
+    return canonical.encode(
+        {"type": "securecloud.metering.batch.v1", **{k: header[k] for k in fields}}
+    )
+
+
+def encode_batch(header: dict, leaves: list[bytes]) -> bytes:
+    head = canonical.encode(header)
+    return b"".join([_BATCH_MAGIC, len(head).to_bytes(4, "big"), head, *leaves])
+
+
+def decode_batch(data: bytes) -> tuple[dict, list[bytes]]:
+    if data[:5] != _BATCH_MAGIC:
+        raise ValueError("not a metering batch")
+    n = int.from_bytes(data[5:9], "big")
+    header = canonical.decode(data[9 : 9 + n])
+    body = memoryview(data)[9 + n :]
+    if len(body) != header["size"] * LEAF_SIZE:
+        raise ValueError("batch size does not match its header")
+    return header, [bytes(body[i : i + LEAF_SIZE]) for i in range(0, len(body), LEAF_SIZE)]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReading:
+    meter_id: int
+    report: bytes
+    batch_seq: int
+    leaf_index: int
+    proof: tuple[bytes, ...]
+
+    def encode(self) -> bytes:
+        return (
+            _RECORD.pack(self.meter_id, self.batch_seq, self.leaf_index, len(self.proof))
+            + self.report
+            + b"".join(self.proof)
+        )
+
+
+def encode_segment(records: list[bytes]) -> bytes:
+    return b"".join([_SEGMENT_MAGIC, *records])
+
+
+def decode_segment(data: bytes) -> Iterator[StoredReading]:
+    if data[:5] != _SEGMENT_MAGIC:
+        raise ValueError("not a metering segment")
+    pos, end = 5, len(data)
+    while pos < end:
+        meter, seq, index, n = _RECORD.unpack_from(data, pos)
+        pos += _RECORD.size
+        report = data[pos : pos + REPORT_SIZE]
+        pos += REPORT_SIZE
+        proof = tuple(data[pos + 32 * i : pos + 32 * i + 32] for i in range(n))
+        pos += 32 * n
+        yield StoredReading(meter, report, seq, index, proof)
