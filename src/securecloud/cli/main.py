@@ -2,7 +2,7 @@
 
 import typer
 
-from securecloud.cli import batch, cas, kvs, las, platform, runtime
+from securecloud.cli import batch, cas, ingest, kvs, las, meters, platform, runtime
 from securecloud.cli.demo import demo
 
 app = typer.Typer(
@@ -16,6 +16,8 @@ app.add_typer(cas.app, name="cas")
 app.add_typer(runtime.app, name="runtime")
 app.add_typer(batch.app, name="batch")
 app.add_typer(kvs.app, name="kvs")
+app.add_typer(meters.app, name="meters")
+app.add_typer(ingest.app, name="ingest")
 app.command()(demo)
 app.command()(platform.up)
 app.command()(platform.status)

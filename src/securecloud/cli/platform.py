@@ -5,7 +5,14 @@ from typing import Annotated
 import typer
 
 from securecloud.cli.common import DEFAULT_DATA_DIR, DataDir, console, handle_errors
-from securecloud.infra.supervisor import BATCH_PORT, CAS_PORT, KVS_PORT, LAS_PORT, Supervisor
+from securecloud.infra.supervisor import (
+    BATCH_PORT,
+    CAS_PORT,
+    KVS_PORT,
+    LAS_PORT,
+    IngestPorts,
+    Supervisor,
+)
 
 
 @handle_errors
@@ -15,9 +22,18 @@ def up(
     cas_port: Annotated[int, typer.Option(help="CAS port.")] = CAS_PORT,
     batch_port: Annotated[int, typer.Option(help="Batch manager (Asperathos) port.")] = BATCH_PORT,
     kvs_port: Annotated[int, typer.Option(help="KVS gateway port (HTTPS).")] = KVS_PORT,
+    ingest: Annotated[
+        bool,
+        typer.Option(
+            help="Also start the meter authenticator (API 8084, link 4810) and an aggregator "
+            "(meters 4800, metrics 8085)."
+        ),
+    ] = True,
 ) -> None:
     """Start the embedded platform (LAS, CAS, batch manager, KVS gateway) in the background."""
-    for service in Supervisor(data_dir).up(las_port, cas_port, batch_port, kvs_port):
+    for service in Supervisor(data_dir).up(
+        las_port, cas_port, batch_port, kvs_port, IngestPorts() if ingest else None
+    ):
         console.print(f"[green]started[/] {service.name:<5} pid {service.pid:<8} {service.url}")
 
 

@@ -31,6 +31,16 @@ BATCH_PORT = 8082
 KVS_PORT = 8083
 
 
+@dataclass(frozen=True)
+class IngestPorts:
+    """Authenticator API and link, aggregator meters and metrics ports."""
+
+    api: int = 8084
+    link: int = 4810
+    aggregator: int = 4800
+    aggregator_metrics: int = 8085
+
+
 class SupervisorError(Exception):
     pass
 
@@ -137,10 +147,11 @@ class Supervisor:
         cas_port: int = CAS_PORT,
         batch_port: int | None = None,
         kvs_port: int | None = None,
+        ingest: IngestPorts | None = None,
     ) -> list[Running]:
         """Start the embedded platform: LAS, then CAS (which needs the LAS), then the
-        batch manager and the KVS gateway when their ports are given (both attest to
-        that CAS)."""
+        batch manager, the KVS gateway and the ingestion (authenticator, then an
+        aggregator linked to it; needs the KVS) when their ports are given."""
         data = str(self.data_dir)
         las_url, cas_url = f"http://127.0.0.1:{las_port}", f"https://127.0.0.1:{cas_port}"
         las_args = ["las", "serve", "--data-dir", data, "--port", str(las_port)]
@@ -175,10 +186,37 @@ class Supervisor:
                         timeout=60,
                     )
                 )
+            if ingest is not None and kvs_port is not None:
+                started += self._ingest(ingest, cas_url, las_url, f"https://127.0.0.1:{kvs_port}")
         except SupervisorError:
             self.stop_all()
             raise
         return started
+
+    def _ingest(self, ports: IngestPorts, cas_url: str, las_url: str, kvs_url: str) -> list:
+        data = str(self.data_dir)
+        auth_args = ["ingest", "authenticator", "serve", "--data-dir", data]
+        auth_args += ["--port", str(ports.link), "--api-port", str(ports.api)]
+        auth_args += ["--cas", cas_url, "--las", las_url, "--kvs-url", kvs_url]
+        authenticator = self.start(
+            "authenticator",
+            auth_args,
+            f"https://127.0.0.1:{ports.api}",
+            ca=self.data_dir / "metering" / "ca.crt",
+            timeout=60,
+        )
+        agg_args = ["ingest", "aggregator", "serve", "--data-dir", data]
+        agg_args += [
+            "--port",
+            str(ports.aggregator),
+            "--metrics-port",
+            str(ports.aggregator_metrics),
+        ]
+        agg_args += ["--authenticator", f"127.0.0.1:{ports.link}"]
+        aggregator = self.start(
+            "aggregator", agg_args, f"http://127.0.0.1:{ports.aggregator_metrics}"
+        )
+        return [authenticator, aggregator]
 
 
 def _terminate(pid: int, grace: float = 15.0) -> None:

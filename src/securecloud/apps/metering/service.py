@@ -43,7 +43,7 @@ from securecloud.runtime.manifest import builtin_service
 from securecloud.services.kvs.client import KvsClient
 
 MANIFEST = builtin_service(
-    "meter-authenticator", "securecloud.apps.metering.service:main", heap_mb=64
+    "meter-authenticator", "securecloud.apps.metering.service:main", heap_mb=48
 )
 LINK_PORT, API_PORT = 4810, 8084
 log = logging.getLogger("securecloud.metering")
@@ -57,7 +57,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=LINK_PORT, help="link port for aggregators")
     p.add_argument("--api-port", type=int, default=API_PORT)
-    p.add_argument("--flush-mb", type=int, default=64)
+    p.add_argument("--flush-mb", type=int, default=24)
     p.add_argument("--max-batch", type=int, default=4000)
     p.add_argument("--log-level", default="info")
     return p
@@ -217,6 +217,7 @@ def main(argv: list[str]) -> int:
     kvs = KvsClient(
         kvs_doc["url"], Path("kvs-ca.crt").resolve(), kvs_doc["key_id"], kvs_doc["secret"]
     )
+    kvs.create_bucket(BUCKET)  # idempotent: the tenant owns its bucket
     registry = Registry.from_json(kvs.get(BUCKET, KEY)) if _exists(kvs) else Registry()
     auth = Authenticator(
         args.name,

@@ -1,0 +1,222 @@
+"""`securecloud ingest`: aggregators (untrusted) and authenticators (attested)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import ssl
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+
+from securecloud.cli.common import (
+    DEFAULT_DATA_DIR,
+    DataDir,
+    LogLevel,
+    console,
+    fail,
+    handle_errors,
+    print_json,
+    service_url,
+)
+
+app = typer.Typer(
+    help="Ingestion: meters -> aggregators -> authenticators -> KVS.", no_args_is_help=True
+)
+aggregator_app = typer.Typer(help="Untrusted aggregators meters connect to.", no_args_is_help=True)
+authenticator_app = typer.Typer(help="Attested authenticators.", no_args_is_help=True)
+app.add_typer(aggregator_app, name="aggregator")
+app.add_typer(authenticator_app, name="authenticator")
+
+
+@aggregator_app.command("serve")
+@handle_errors
+def aggregator_serve(
+    host: Annotated[str, typer.Option(help="Address meters connect to.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port meters connect to.")] = 4800,
+    metrics_port: Annotated[
+        int, typer.Option(help="HTTP port of /metrics and /healthz (0: none).")
+    ] = 0,
+    authenticator: Annotated[
+        list[str] | None,
+        typer.Option(help="Authenticator link HOST:PORT (repeatable; meters are split by id)."),
+    ] = None,
+    ca: Annotated[
+        Path | None,
+        typer.Option(help="CA of the authenticators' TLS certificates (default: the data dir's)."),
+    ] = None,
+    batch_frames: Annotated[int, typer.Option(help="Frames per batch at most.", min=1)] = 2000,
+    batch_delay_ms: Annotated[float, typer.Option(help="Longest wait to fill a batch.")] = 5.0,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    log_level: LogLevel = "info",
+) -> None:
+    """Accept meter connections and forward their frames in batches; never decrypts."""
+    import uvloop
+
+    from securecloud.apps.metering.aggregator import Aggregator, AggregatorConfig
+    from securecloud.infra.web import configure_logging, make_app
+
+    configure_logging(log_level)
+    ca_file = ca or data_dir / "metering" / "ca.crt"
+    if not ca_file.exists():
+        fail(f"ca: {ca_file} does not exist (start the authenticator first, or pass --ca)")
+    config = AggregatorConfig(
+        host,
+        port,
+        tuple(authenticator or ["127.0.0.1:4810"]),
+        str(ca_file),
+        batch_frames,
+        batch_delay_ms / 1000,
+    )
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.create_task(Aggregator(config).serve())
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, task.cancel)
+        servers = [task]
+        if metrics_port:
+            import uvicorn
+
+            app_ = make_app("securecloud aggregator", "1")
+            server = uvicorn.Server(
+                uvicorn.Config(
+                    app_, host=host, port=metrics_port, log_config=None, access_log=False
+                )
+            )
+            servers.append(asyncio.create_task(server.serve()))
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        for other in servers[1:]:
+            other.cancel()
+
+    uvloop.run(main())
+
+
+@authenticator_app.command("serve")
+@handle_errors
+def authenticator_serve(
+    name: Annotated[
+        str, typer.Option(help="Authenticator name (its log and state keys).")
+    ] = "auth-1",
+    host: Annotated[str, typer.Option(help="Address of the link and the API.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TLS link port for aggregators.")] = 4810,
+    api_port: Annotated[int, typer.Option(help="HTTPS port of the operator API.")] = 8084,
+    flush_mb: Annotated[
+        int, typer.Option(help="Write segments when accepted readings exceed this (MiB).", min=1)
+    ] = 64,
+    kvs_url: Annotated[str | None, typer.Option(help="KVS gateway URL.")] = None,
+    cas: Annotated[str, typer.Option(help="CAS URL.")] = "https://127.0.0.1:8081",
+    las: Annotated[str, typer.Option(help="LAS URL of this node.")] = "http://127.0.0.1:8080",
+    cas_ca: Annotated[Path | None, typer.Option(help="CAS CA certificate.")] = None,
+    identity: Annotated[
+        Path | None,
+        typer.Option(help="Policy-owner identity folder (default <data dir>/identity)."),
+    ] = None,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Write the `metering` CAS session, then run the authenticator as an attested service:
+    it gets its keys, TLS certificate, KVS API key and API token from CAS, or does not start."""
+    from securecloud.apps.metering.deploy import AuthenticatorDeployment
+    from securecloud.runtime.launcher import LaunchSpec, launch
+
+    if not (data_dir / "kvs" / "ca.crt").exists():
+        fail("no KVS gateway in this data directory: start it first (`securecloud kvs serve`)")
+    cas_ca = cas_ca or data_dir / "cas" / "ca.crt"
+    deployment = AuthenticatorDeployment(
+        data_dir,
+        cas,
+        cas_ca,
+        identity or data_dir / "identity",
+        kvs_url or service_url(data_dir, "kvs", "https://127.0.0.1:8083"),
+        name,
+        host,
+        port,
+        api_port,
+        flush_mb,
+    )
+    config_id = deployment.apply()
+    spec = LaunchSpec(
+        service="meter-authenticator",
+        config_id=config_id,
+        cas_addr=cas,
+        cas_ca=cas_ca.resolve(),
+        las_addr=las,
+        ledger_dir=(data_dir / "runtime").resolve(),
+        workdir=(data_dir / "metering" / "work").resolve(),
+    )
+    process = launch(spec)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda s, _f: process.send_signal(s))
+    raise typer.Exit(process.wait())
+
+
+def _api(data_dir: Path, url: str | None) -> httpx.Client:
+    directory = data_dir / "metering"
+    creds, ca = directory / "credentials.json", directory / "ca.crt"
+    if not creds.exists() or not ca.exists():
+        fail(f"no authenticator credentials in {directory}: start one first")
+    token = json.loads(creds.read_text())["token"]
+    return httpx.Client(
+        base_url=url or service_url(data_dir, "authenticator", "https://127.0.0.1:8084"),
+        verify=ssl.create_default_context(cafile=str(ca)),
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=120,
+    )
+
+
+def _call(data_dir: Path, url: str | None, method: str, path: str, **kw) -> dict:
+    with _api(data_dir, url) as client:
+        try:
+            response = client.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            fail(f"authenticator unreachable: {exc}")
+        if response.status_code >= 400:
+            fail(f"{response.status_code}: {response.json().get('detail', response.text)}")
+        return response.json()
+
+
+ApiUrl = Annotated[str | None, typer.Option("--url", help="Authenticator API URL.")]
+
+
+@app.command()
+@handle_errors
+def status(
+    meter: Annotated[int | None, typer.Option(help="One meter's counts.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    url: ApiUrl = None,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Accepted, duplicate, missing and quarantined readings (by reason), in total or per meter."""
+    doc = _call(data_dir, url, "GET", "/v1/status", params={"meter": meter} if meter else None)
+    if as_json:
+        print_json(doc)
+        return
+    for key, value in doc.items():
+        console.print(f"{key:>22}: {value}")
+
+
+@app.command()
+@handle_errors
+def flush(url: ApiUrl = None, data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
+    """Write the accepted readings held in memory as per-day segments now, and checkpoint."""
+    doc = _call(data_dir, url, "POST", "/v1/flush")
+    console.print(f"{doc['segments']} segments written; checkpoint at batch {doc['checkpoint']}")
+
+
+@app.command()
+@handle_errors
+def command(
+    meter: Annotated[int, typer.Argument(help="Meter id.")],
+    action: Annotated[str, typer.Argument(help="connect or disconnect (the load).")],
+    url: ApiUrl = None,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Queue a load command; it reaches the meter with the acknowledgement of its next frame."""
+    doc = _call(data_dir, url, "POST", "/v1/commands", json={"meter": meter, "command": action})
+    console.print(f"{doc['command']} queued for meter {doc['meter']}")
