@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import ssl
@@ -88,10 +89,8 @@ def aggregator_serve(
                 )
             )
             servers.append(asyncio.create_task(server.serve()))
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await task
-        except asyncio.CancelledError:
-            pass
         for other in servers[1:]:
             other.cancel()
 
@@ -179,6 +178,17 @@ def _call(data_dir: Path, url: str | None, method: str, path: str, **kw) -> dict
         if response.status_code >= 400:
             fail(f"{response.status_code}: {response.json().get('detail', response.text)}")
         return response.json()
+
+
+def reload_registry(data_dir: Path, url: str | None = None) -> bool:
+    """Ask a running authenticator to reload the registry; False when none answers."""
+    if not (data_dir / "metering" / "credentials.json").exists():
+        return False
+    try:
+        with _api(data_dir, url) as client:
+            return client.post("/v1/registry/reload").status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 ApiUrl = Annotated[str | None, typer.Option("--url", help="Authenticator API URL.")]

@@ -87,6 +87,10 @@ def revoke(
         registry.revoke(meter)
         client.put(BUCKET, KEY, registry.to_json())
     console.print(f"meter {meter} revoked")
+    from securecloud.cli.ingest import reload_registry
+
+    if reload_registry(data_dir):
+        console.print("the running authenticator reloaded the registry")
 
 
 @app.command()
@@ -105,6 +109,9 @@ def simulate(
         typer.Option(help="Aggregator HOST:PORT (repeatable; meters spread over them)."),
     ] = None,
     window: Annotated[int, typer.Option(help="Frames in flight per meter.", min=1)] = 4,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds before an unacknowledged frame is sent again.")
+    ] = 20.0,
     p_offline: Annotated[float, typer.Option(help="Chance a meter goes offline in a day.")] = 0.01,
     p_duplicate: Annotated[float, typer.Option(help="Chance a report is sent twice.")] = 0.002,
     processes: Annotated[
@@ -131,6 +138,7 @@ def simulate(
         "days": days,
         "speedup": speedup,
         "window": window,
+        "timeout": timeout,
         "p_offline": p_offline,
         "p_duplicate": p_duplicate,
     }

@@ -15,6 +15,14 @@ def alive(pid: int) -> bool:
         return True
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:  # not our child: kill(0) succeeding is all we can know
-        return True
+    except ChildProcessError:  # not our child: a zombie left to a pid 1 that never reaps
+        return not _zombie(pid)
     return done == 0
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False

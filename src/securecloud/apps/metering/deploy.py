@@ -83,8 +83,21 @@ class AuthenticatorDeployment:
                 }
             ],
             "secrets": [
-                {"name": "authenticator_key", "kind": "private-key", "algorithm": "p256"},
-                {"name": "signing_key", "kind": "private-key", "algorithm": "p256"},
+                # migrate: the keys survive policy updates (meters and the regulator hold
+                # their public halves), as SCONE keeps a private key only when both the old
+                # and the new policy say so
+                {
+                    "name": "authenticator_key",
+                    "kind": "private-key",
+                    "algorithm": "p256",
+                    "migrate": True,
+                },
+                {
+                    "name": "signing_key",
+                    "kind": "private-key",
+                    "algorithm": "p256",
+                    "migrate": True,
+                },
                 {"name": "api_token", "kind": "ascii", "value": self.credentials()["token"]},
                 {"name": "metering_ca", "kind": "x509-ca"},
                 {

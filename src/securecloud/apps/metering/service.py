@@ -28,7 +28,7 @@ from prometheus_client import Counter, Histogram
 from pydantic import BaseModel
 
 from securecloud.apps.metering import frames, link
-from securecloud.apps.metering.authenticator import Authenticator
+from securecloud.apps.metering.authenticator import Authenticator, Outcome
 from securecloud.apps.metering.registry import BUCKET, KEY, Registry
 from securecloud.crypto import load_private_key_pem
 from securecloud.infra.web import (
@@ -115,8 +115,14 @@ class Runner:
                     self.auth.registry.get(frames.meter_id_of(f) or -1) is None for _t, f in entries
                 ):
                     await asyncio.to_thread(self._maybe_reload_registry, entries)
-                outcome = self.auth.process([f for _t, f in entries])
-                await asyncio.to_thread(self.auth.store, outcome)
+                try:
+                    outcome = self.auth.process([f for _t, f in entries])
+                    await asyncio.to_thread(self.auth.store, outcome)
+                except Exception:  # a bug must cost a retry, not the service
+                    log.exception(
+                        "batch of %d frames failed; all refused as unavailable", len(entries)
+                    )
+                    outcome = _all_unavailable(entries)
                 BATCHES.observe(time.perf_counter() - started)
             OUTCOMES.labels("processed").inc(len(entries))
             offset = 0
@@ -131,6 +137,20 @@ class Runner:
     async def flush(self) -> int:
         async with self.lock:
             return await asyncio.to_thread(self.auth.flush)
+
+
+def _all_unavailable(entries) -> Outcome:
+    code = frames.NACK_CODES["unavailable"]
+    return Outcome(
+        replies=[
+            [
+                frames.Nack(
+                    frames.meter_id_of(f) or 0, int.from_bytes(f[13:17], "big"), code
+                ).encode()
+            ]
+            for _t, f in entries
+        ]
+    )
 
 
 def create_app(runner: Runner, tls: TlsFiles, host: str, port: int, token: str):
@@ -173,6 +193,15 @@ def create_app(runner: Runner, tls: TlsFiles, host: str, port: int, token: str):
     @app.post("/v1/flush", dependencies=[Depends(authorized)])
     async def flush() -> dict:
         return {"segments": await runner.flush(), "checkpoint": runner.auth.checkpoint_seq}
+
+    @app.post("/v1/registry/reload", dependencies=[Depends(authorized)])
+    async def reload_registry() -> dict:
+        async with runner.lock:
+            registry = await asyncio.to_thread(
+                lambda: Registry.from_json(runner.kvs.get(BUCKET, KEY))
+            )
+            runner.auth.registry = registry
+        return {"meters": len(registry)}
 
     @app.post("/v1/commands", dependencies=[Depends(authorized)])
     async def command(request: CommandRequest) -> dict:

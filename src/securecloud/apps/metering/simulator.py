@@ -40,6 +40,7 @@ from securecloud.runtime.durable import atomic_write
 
 LEASE = 1_000_000
 RESEND_ON = frozenset({"unavailable", "auth-failed", "replay"})
+GIVE_UP_ON = frozenset({"revoked-meter", "unknown-meter", "bad-signature"})
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class SimMeter(asyncio.Protocol):
         self.energy = float(self.rng.uniform(0, 5e6))
         self.acked: set[int] = set()
         self.load_on = True
+        self.hello_sent = 0.0
 
     # -- readings -----------------------------------------------------------------
     def generate_days(self, state: dict | None) -> None:
@@ -118,8 +120,13 @@ class SimMeter(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.connected = True
+        self.handshake()
+
+    def handshake(self) -> None:
+        self.session.keys = None  # frames wait until the new session is accepted
+        self.hello_sent = time.monotonic()
         self.shard.result.handshakes += 1
-        transport.write(self.session.hello(int(time.time())))
+        self.transport.write(self.session.hello(int(time.time())))
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -163,11 +170,17 @@ class SimMeter(asyncio.Protocol):
             entry = self.pending.pop(message.invocation, None)
             if message.reason_name == "crc":
                 return  # the connection is being closed; connection_lost resends
+            if message.reason_name in GIVE_UP_ON:  # the platform will not take this meter
+                self.queue_pos = len(self.queue)
+                self.pending.clear()
+                self.transport.close()
+                self.shard.done(self)
+                return
             if entry is not None and message.reason_name in RESEND_ON:
                 self.queue.insert(self.queue_pos, (entry[0], 0))
                 result.resent += 1
                 if message.reason_name == "auth-failed":
-                    self.transport.write(self.session.hello(int(time.time())))
+                    self.handshake()
                     return
                 self.shard.later(self, 0.2)
         elif isinstance(message, frames.Command) and self.session.check_command(message):
@@ -206,6 +219,10 @@ class SimMeter(asyncio.Protocol):
             self.shard.done(self)
 
     def check_timeouts(self, now: float) -> None:
+        if self.connected and self.session.keys is None:
+            if now - self.hello_sent > self.shard.config.timeout:  # HELLO or ACCEPT lost
+                self.handshake()
+            return
         expired = [
             inv for inv, (_r, t) in self.pending.items() if now - t > self.shard.config.timeout
         ]
@@ -329,7 +346,7 @@ class Shard:
             await asyncio.sleep(1.0)
             now = time.monotonic()
             for m in meters:
-                if m.pending:
+                if m.pending or (m.connected and m.session.keys is None):
                     m.check_timeouts(now)
             if progress is not None:
                 progress(self.result)

@@ -1,0 +1,155 @@
+"""The authenticator's checks, counted by reason, and its crash safety (core, in process).
+
+Storage here is a dict behind the same three calls the KVS client offers; the
+whole path through real processes and the real KVS is in test_ingest_e2e.py.
+"""
+
+import dataclasses
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from securecloud.apps.metering import frames, store
+from securecloud.apps.metering.authenticator import Authenticator
+from securecloud.apps.metering.meter import MeterSession
+from securecloud.apps.metering.model import consumer_for, day_readings
+from securecloud.apps.metering.registry import MeterRecord, Registry
+from securecloud.crypto import generate_signing_key, suite1
+from securecloud.crypto.agreement import public_bytes
+
+
+class MissingObject(Exception):
+    status = 404
+
+
+class DictStorage:
+    def __init__(self):
+        self.objects: dict[str, bytes] = {}
+        self.fail = False
+
+    def put(self, bucket, key, data):
+        if self.fail:
+            raise ConnectionError("KVS unreachable")
+        self.objects[key] = data
+        return {}
+
+    def get(self, bucket, key):
+        if key not in self.objects:
+            raise MissingObject(key)
+        return self.objects[key]
+
+    def list(self, bucket, prefix="", start_after="", limit=1000):
+        keys = sorted(k for k in self.objects if k.startswith(prefix) and k > start_after)
+        return [{"key": k} for k in keys[:limit]]
+
+
+@pytest.fixture
+def rig():
+    auth_key = suite1.generate_meter_key()
+    meter_key = suite1.generate_meter_key()
+    registry = Registry({7: MeterRecord(7, public_bytes(meter_key.public_key()), "lv1")})
+    storage = DictStorage()
+    signing = generate_signing_key("p256")
+    auth = Authenticator("auth-t", auth_key, signing, registry, storage)
+    session = MeterSession(7, meter_key, auth_key.public_key())
+    reply = run(auth, [session.hello(0)])[0][0]
+    session.accept(frames.decode_downlink(reply))
+    consumer = dataclasses.replace(consumer_for(1, 7), meter_class="lv1")
+    reports, _ = day_readings(consumer, dt.date(2026, 3, 2), 1, 0.0, np.random.default_rng(0))
+    return auth, session, reports, storage, (auth_key, signing, registry)
+
+
+def run(auth, batch):
+    out = auth.process(batch)
+    auth.store(out)
+    return out.replies
+
+
+def statuses(replies):
+    return [frames.decode_downlink(r[0]) for r in replies]
+
+
+def test_reports_are_acknowledged_only_after_the_batch_is_stored(rig):
+    auth, session, reports, storage, _ = rig
+    replies = run(auth, [session.seal(r)[1] for r in reports[:3]])
+    acks = statuses(replies)
+    assert [a.status for a in acks] == [frames.STORED] * 3
+    for ack in acks:
+        session.check_ack(ack)
+    header, leaves = store.decode_batch(storage.objects[store.batch_key("auth-t", 1)])
+    assert header["size"] == 3 and len(leaves) == 3
+
+
+def test_duplicate_is_acknowledged_and_counted_gap_is_missing_late_report_fills_it(rig):
+    auth, session, reports, _storage, _ = rig
+    run(auth, [session.seal(reports[0])[1], session.seal(reports[3])[1]])
+    assert auth.status(7)["missing_counters"] == [2, 3]
+    dup = statuses(run(auth, [session.seal(reports[0])[1]]))[0]
+    assert dup.status == frames.DUPLICATE
+    run(auth, [session.seal(reports[1])[1]])
+    state = auth.status(7)
+    assert state["missing_counters"] == [3] and state["duplicates"] == 1 and state["accepted"] == 3
+
+
+def test_each_bad_frame_is_refused_with_its_reason_and_nothing_is_stored(rig):
+    auth, session, reports, storage, _ = rig
+    _inv, good = session.seal(reports[0])
+    flipped = bytearray(good)
+    flipped[30] ^= 1  # a bit flip in the ciphertext...
+    crc_ok = bytes(flipped[:-2]) + frames.crc(bytes(flipped[:-2])).to_bytes(2, "little")
+    unknown = bytearray(good)
+    unknown[1:5] = (99).to_bytes(4, "big")
+    unknown = bytes(unknown[:-2]) + frames.crc(bytes(unknown[:-2])).to_bytes(2, "little")
+    batch = [bytes(flipped), crc_ok, unknown, good[:200], b"\x55" + good[1:]]
+    replies = statuses(run(auth, batch))
+    reasons = [r.reason_name for r in replies]
+    assert reasons == ["crc", "auth-failed", "unknown-meter", "length", "unknown-code"]
+    assert not any(k.startswith("batches/") for k in storage.objects)
+    run(auth, [good])
+    replayed = statuses(run(auth, [good]))[0]
+    assert replayed.reason_name == "replay"
+    assert auth.status()["rejected_by_reason"]["replay"] == 1
+
+
+def test_revoked_meter_and_wrong_meter_key_are_refused(rig):
+    auth, session, _reports, _storage, _ = rig
+    impostor = MeterSession(7, suite1.generate_meter_key(), session.authenticator_key)
+    assert statuses(run(auth, [impostor.hello(0)]))[0].reason_name == "bad-signature"
+    auth.registry.revoke(7)
+    assert statuses(run(auth, [session.hello(0)]))[0].reason_name == "revoked-meter"
+
+
+def test_implausible_reading_is_quarantined_with_its_reason_not_dropped(rig):
+    auth, session, reports, storage, _ = rig
+    bad = dataclasses.replace(reports[0], frequency=75.0)
+    ack = statuses(run(auth, [session.seal(bad)[1]]))[0]
+    assert ack.status == frames.QUARANTINED
+    header, leaves = store.decode_batch(storage.objects[store.batch_key("auth-t", 1)])
+    assert leaves == [] and header["quarantine"][0]["reason"] == "frequency-out-of-range"
+    assert auth.status()["quarantined_by_reason"] == {"frequency-out-of-range": 1}
+
+
+def test_failed_store_undoes_the_batch_and_nacks_unavailable(rig):
+    auth, session, reports, storage, _ = rig
+    storage.fail = True
+    _inv, frame = session.seal(reports[0])
+    assert statuses(run(auth, [frame]))[0].reason_name == "unavailable"
+    assert auth.status(7) == {"meter": 7, "known": False}  # as if never seen
+    storage.fail = False
+    assert statuses(run(auth, [session.seal(reports[0])[1]]))[0].status == frames.STORED
+
+
+def test_restart_restores_counters_from_checkpoint_and_log(rig):
+    auth, session, reports, storage, (auth_key, signing, registry) = rig
+    run(auth, [session.seal(r)[1] for r in reports[:10]])
+    auth.flush()
+    _inv, frame = session.seal(reports[10])
+    run(auth, [frame])
+    restarted = Authenticator("auth-t", auth_key, signing, registry, storage)
+    assert restarted.restore() == 1  # one batch after the checkpoint
+    assert restarted.status(7)["last_report"] == 11
+    assert statuses(run(restarted, [frame]))[0].reason_name == "replay"
+    segments = [k for k in storage.objects if k.startswith("readings/")]
+    stored = [r for k in segments for r in store.decode_segment(storage.objects[k])]
+    assert sorted(int.from_bytes(r.report[:4], "big") for r in stored) == list(range(1, 11))

@@ -1,0 +1,113 @@
+"""The whole ingestion path with real processes: LAS, CAS, KVS gateway, the attested
+authenticator, an aggregator, simulator processes; and kill -9 of the authenticator."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from securecloud.apps.metering import store
+from securecloud.apps.metering.reading import Reading
+from securecloud.apps.metering.simulator import expand
+from securecloud.cli.kvs import _client
+from securecloud.infra.supervisor import IngestPorts, Supervisor, free_port
+
+CLI = [sys.executable, "-m", "securecloud.cli.main"]
+
+
+@pytest.fixture(scope="module")
+def ingest_platform(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("ingest")
+    supervisor = Supervisor(data_dir)
+    ports = IngestPorts(free_port(), free_port(), free_port(), free_port())
+    supervisor.up(free_port(), free_port(), None, free_port(), ports)
+    yield data_dir, supervisor, ports
+    supervisor.stop_all()
+
+
+def cli(data_dir, *args, check=True):
+    result = subprocess.run(
+        [*CLI, *args, "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=600
+    )
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def stored_counters(data_dir) -> dict[int, set[int]]:
+    found: dict[int, set[int]] = {}
+    with _client(data_dir, None) as kvs:
+        keys, start = [], ""
+        while batch := kvs.list(store.BUCKET, "readings/", start, 1000):
+            keys += [o["key"] for o in batch]
+            start = batch[-1]["key"]
+        for key in keys:
+            for record in store.decode_segment(kvs.get(store.BUCKET, key)):
+                found.setdefault(record.meter_id, set()).add(Reading.decode(record.report).counter)
+    return found
+
+
+def test_meters_to_kvs_with_an_authenticator_killed_mid_stream(ingest_platform, tmp_path):
+    data_dir, supervisor, ports = ingest_platform
+    cli(data_dir, "meters", "provision", "--count", "300")
+    auth_url = f"https://127.0.0.1:{ports.api}"
+    summary_path = tmp_path / "sim.json"
+
+    def kill_and_restart():
+        time.sleep(2.5)
+        record = next(r for r in supervisor.running() if r.name == "authenticator")
+        os.killpg(record.pid, signal.SIGKILL)  # no flush, no checkpoint
+        supervisor.stop("authenticator", grace=0)
+        args = ["ingest", "authenticator", "serve", "--data-dir", str(data_dir)]
+        args += ["--port", str(ports.link), "--api-port", str(ports.api)]
+        cas = next(r for r in supervisor.running() if r.name == "cas").url
+        las = next(r for r in supervisor.running() if r.name == "las").url
+        kvs = next(r for r in supervisor.running() if r.name == "kvs").url
+        args += ["--cas", cas, "--las", las, "--kvs-url", kvs]
+        supervisor.start("authenticator", args, auth_url, ca=data_dir / "metering" / "ca.crt")
+
+    killer = threading.Thread(target=kill_and_restart)
+    killer.start()
+    cli(
+        data_dir, "meters", "simulate", "--days", "3", "--speedup", "300000", "--timeout", "3",
+        "--target", f"127.0.0.1:{ports.aggregator}", "--out", str(summary_path),
+    )  # fmt: skip
+    killer.join()
+    summary = json.loads(summary_path.read_text())
+    cli(data_dir, "ingest", "flush", "--url", auth_url)
+    status = json.loads(cli(data_dir, "ingest", "status", "--json", "--url", auth_url).stdout)
+    found = stored_counters(data_dir)
+    lost = sum(
+        len(expand(ranges) - found.get(int(meter), set()))
+        for meter, ranges in summary["acked_counters"].items()
+    )
+    assert lost == 0  # every acknowledged report is in the KVS
+    acked = summary["acked"]
+    assert (
+        acked["stored"] + acked.get("duplicate", 0) >= 300 * 96 * 3 - summary["lost_by_fault"] - 300
+    )
+    assert status["accepted"] == sum(len(v) for v in found.values())
+    assert status["missing"] >= 0 and status["rejected_by_reason"].get("replay", 0) == 0
+
+
+def test_revoked_meter_is_refused_and_counted(ingest_platform, tmp_path):
+    data_dir, _supervisor, ports = ingest_platform
+    cli(data_dir, "meters", "revoke", "5")
+    time.sleep(0.1)
+    result = cli(
+        data_dir, "meters", "simulate", "--count", "6", "--days", "1", "--timeout", "1",
+        "--target", f"127.0.0.1:{ports.aggregator}", "--out", str(tmp_path / "s.json"),
+        check=False,
+    )  # fmt: skip
+    del result
+    status = json.loads(
+        cli(
+            data_dir, "ingest", "status", "--json", "--url", f"https://127.0.0.1:{ports.api}"
+        ).stdout
+    )
+    assert status["rejected_by_reason"].get("revoked-meter", 0) >= 1
