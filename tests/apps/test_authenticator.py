@@ -72,7 +72,7 @@ def statuses(replies):
 
 def test_reports_are_acknowledged_only_after_the_batch_is_stored(rig):
     auth, session, reports, storage, _ = rig
-    replies = run(auth, [session.seal(r)[1] for r in reports[:3]])
+    replies = run(auth, [session.seal(r.encode())[1] for r in reports[:3]])
     acks = statuses(replies)
     assert [a.status for a in acks] == [frames.STORED] * 3
     for ack in acks:
@@ -83,18 +83,18 @@ def test_reports_are_acknowledged_only_after_the_batch_is_stored(rig):
 
 def test_duplicate_is_acknowledged_and_counted_gap_is_missing_late_report_fills_it(rig):
     auth, session, reports, _storage, _ = rig
-    run(auth, [session.seal(reports[0])[1], session.seal(reports[3])[1]])
+    run(auth, [session.seal(reports[0].encode())[1], session.seal(reports[3].encode())[1]])
     assert auth.status(7)["missing_counters"] == [2, 3]
-    dup = statuses(run(auth, [session.seal(reports[0])[1]]))[0]
+    dup = statuses(run(auth, [session.seal(reports[0].encode())[1]]))[0]
     assert dup.status == frames.DUPLICATE
-    run(auth, [session.seal(reports[1])[1]])
+    run(auth, [session.seal(reports[1].encode())[1]])
     state = auth.status(7)
     assert state["missing_counters"] == [3] and state["duplicates"] == 1 and state["accepted"] == 3
 
 
 def test_each_bad_frame_is_refused_with_its_reason_and_nothing_is_stored(rig):
     auth, session, reports, storage, _ = rig
-    _inv, good = session.seal(reports[0])
+    _inv, good = session.seal(reports[0].encode())
     flipped = bytearray(good)
     flipped[30] ^= 1  # a bit flip in the ciphertext...
     crc_ok = bytes(flipped[:-2]) + frames.crc(bytes(flipped[:-2])).to_bytes(2, "little")
@@ -123,7 +123,7 @@ def test_revoked_meter_and_wrong_meter_key_are_refused(rig):
 def test_implausible_reading_is_quarantined_with_its_reason_not_dropped(rig):
     auth, session, reports, storage, _ = rig
     bad = dataclasses.replace(reports[0], frequency=75.0)
-    ack = statuses(run(auth, [session.seal(bad)[1]]))[0]
+    ack = statuses(run(auth, [session.seal(bad.encode())[1]]))[0]
     assert ack.status == frames.QUARANTINED
     header, leaves = store.decode_batch(storage.objects[store.batch_key("auth-t", 1)])
     assert leaves == [] and header["quarantine"][0]["reason"] == "frequency-out-of-range"
@@ -133,18 +133,18 @@ def test_implausible_reading_is_quarantined_with_its_reason_not_dropped(rig):
 def test_failed_store_undoes_the_batch_and_nacks_unavailable(rig):
     auth, session, reports, storage, _ = rig
     storage.fail = True
-    _inv, frame = session.seal(reports[0])
+    _inv, frame = session.seal(reports[0].encode())
     assert statuses(run(auth, [frame]))[0].reason_name == "unavailable"
     assert auth.status(7) == {"meter": 7, "known": False}  # as if never seen
     storage.fail = False
-    assert statuses(run(auth, [session.seal(reports[0])[1]]))[0].status == frames.STORED
+    assert statuses(run(auth, [session.seal(reports[0].encode())[1]]))[0].status == frames.STORED
 
 
 def test_restart_restores_counters_from_checkpoint_and_log(rig):
     auth, session, reports, storage, (auth_key, signing, registry) = rig
-    run(auth, [session.seal(r)[1] for r in reports[:10]])
+    run(auth, [session.seal(r.encode())[1] for r in reports[:10]])
     auth.flush()
-    _inv, frame = session.seal(reports[10])
+    _inv, frame = session.seal(reports[10].encode())
     run(auth, [frame])
     restarted = Authenticator("auth-t", auth_key, signing, registry, storage)
     assert restarted.restore() == 1  # one batch after the checkpoint

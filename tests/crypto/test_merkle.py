@@ -78,3 +78,11 @@ def test_every_consistency_proof_verifies_and_forks_do_not(leaves, data):
         forked = MerkleTree.from_leaves([*leaves[: old - 1], b"forged", *leaves[old:]])
         with pytest.raises(ProofError):
             verify_consistency(old, new, forked.root(old), tree.root(new), proof)
+
+
+@given(st.lists(st.binary(max_size=8), max_size=70))
+def test_all_inclusion_proofs_equal_each_leafs_proof(leaves):
+    tree = MerkleTree.from_leaves(leaves)
+    assert [list(p) for p in tree.all_inclusion_proofs()] == [
+        tree.inclusion_proof(i) for i in range(len(leaves))
+    ]

@@ -39,6 +39,7 @@ class MerkleTree:
             if len(h) != HASH_SIZE:
                 raise ValueError("leaf hashes must be 32 bytes")
         # levels[j][i] is the root of the complete subtree of 2**j leaves starting at i * 2**j.
+        self._ragged: dict[tuple[int, int], bytes] = {}  # roots of incomplete right subtrees
         self._levels: list[list[bytes]] = [list(leaf_hashes)]
         while len(self._levels[-1]) > 1:
             below = self._levels[-1]
@@ -63,8 +64,13 @@ class MerkleTree:
             return hashlib.sha256(b"").digest()
         if n & (n - 1) == 0 and lo % n == 0:
             return self._levels[n.bit_length() - 1][lo // n]
-        k = _largest_power_of_two_below(n)
-        return node_hash(self._mth(lo, lo + k), self._mth(lo + k, hi))
+        cached = self._ragged.get((lo, hi))
+        if cached is None:  # proofs of many leaves share these: compute each once
+            k = _largest_power_of_two_below(n)
+            cached = self._ragged[(lo, hi)] = node_hash(
+                self._mth(lo, lo + k), self._mth(lo + k, hi)
+            )
+        return cached
 
     def root(self, size: int | None = None) -> bytes:
         """Root of the first `size` leaves (all by default)."""
@@ -94,6 +100,23 @@ class MerkleTree:
                 lo = lo + k
         proof.reverse()
         return proof
+
+    def all_inclusion_proofs(self) -> list[tuple[bytes, ...]]:
+        """The audit path of every leaf of the whole tree, in one walk from the root
+        (each subtree root is computed once, not once per leaf)."""
+        if self.size == 0:
+            return []
+        proofs: list[tuple[bytes, ...]] = [()] * self.size
+        stack = [(0, self.size, ())]  # (lo, hi, siblings from the top down)
+        while stack:
+            lo, hi, above = stack.pop()
+            if hi - lo == 1:
+                proofs[lo] = above[::-1]
+                continue
+            k = _largest_power_of_two_below(hi - lo)
+            stack.append((lo, lo + k, (*above, self._mth(lo + k, hi))))
+            stack.append((lo + k, hi, (*above, self._mth(lo, lo + k))))
+        return proofs
 
     def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
         """Proof that the tree of `old_size` leaves is a prefix of the one of `new_size`."""

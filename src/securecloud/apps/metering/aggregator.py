@@ -163,11 +163,15 @@ class Aggregator:
         self.upstreams[meter % len(self.upstreams)].add(tag, frame)
 
     def route(self, entries: list[tuple[int, bytes]]) -> None:
+        """One write per meter connection per response, however many replies it holds."""
+        by_tag: dict[int, list[bytes]] = {}
         for tag, frame in entries:
+            by_tag.setdefault(tag, []).append(frame)
+        for tag, replies in by_tag.items():
             connection = self.connections.get(tag)
             if connection is not None:
-                connection.send(frame)
-                REPLIES.inc()
+                connection.send(b"".join(replies))
+        REPLIES.inc(len(entries))
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:
         context = None

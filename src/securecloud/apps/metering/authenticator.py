@@ -77,6 +77,18 @@ class MeterState:
     def from_list(cls, v: list) -> MeterState:
         return cls(v[0], v[1], v[2], set(v[3]) or None, *v[4:8])
 
+    def copy(self) -> MeterState:
+        return MeterState(
+            self.last_invocation,
+            self.last_report,
+            self.last_energy,
+            set(self.missing) if self.missing else None,
+            self.accepted,
+            self.duplicates,
+            self.quarantined,
+            self.rejected,
+        )
+
     @property
     def missing_count(self) -> int:
         return len(self.missing) if self.missing else 0
@@ -92,7 +104,8 @@ class Outcome:
     quarantined: list[dict] = field(default_factory=list)
     undo: dict[int, MeterState | None] = field(default_factory=dict)
     invocations: dict[int, int] = field(default_factory=dict)  # meter -> highest taken
-    pending_acks: list[tuple[int, frames.Ack, suite1.SessionKeys]] = field(default_factory=list)
+    # (frame index, the ACK's authenticated fields, keys): tagged once the batch is stored
+    pending_acks: list[tuple[int, bytes, suite1.SessionKeys]] = field(default_factory=list)
 
 
 class Authenticator:
@@ -162,9 +175,7 @@ class Authenticator:
     def _touch(self, out: Outcome, meter_id: int) -> MeterState:
         state = self.meters.get(meter_id)
         if meter_id not in out.undo:
-            out.undo[meter_id] = dataclasses.replace(state) if state is not None else None
-            if state is not None and state.missing is not None:
-                out.undo[meter_id].missing = set(state.missing)
+            out.undo[meter_id] = state.copy() if state is not None else None
         if state is None:
             state = self.meters[meter_id] = MeterState()
         return state
@@ -198,8 +209,8 @@ class Authenticator:
         state.last_invocation = message.invocation
         out.invocations[message.meter_id] = message.invocation
         status = self._take(message.meter_id, state, report, plain, message.invocation, record, out)
-        ack = frames.Ack(
-            message.meter_id, message.session_id, message.invocation, report.counter, status, b""
+        ack = frames.ack_fields(
+            message.meter_id, message.session_id, message.invocation, report.counter, status
         )
         out.pending_acks.append((i, ack, keys))
         command = self.commands.pop(message.meter_id, None)
@@ -295,8 +306,7 @@ class Authenticator:
                 self._undo(out)
                 return
         for i, ack, keys in out.pending_acks:
-            tag = suite1.ack_tag(keys, ack.authenticated_part())
-            out.replies[i].insert(0, dataclasses.replace(ack, tag=tag).encode())
+            out.replies[i].insert(0, frames.finish_ack(ack, suite1.ack_tag(keys, ack)))
         if self._table_bytes >= self.flush_bytes:
             self.flush()
 
@@ -307,8 +317,9 @@ class Authenticator:
             else:
                 self.meters[meter_id] = before
         for i, ack, _keys in out.pending_acks:
+            meter_id, invocation = frames.ack_identity(ack)
             out.replies[i] = [
-                frames.Nack(ack.meter_id, ack.invocation, frames.NACK_CODES["unavailable"]).encode()
+                frames.Nack(meter_id, invocation, frames.NACK_CODES["unavailable"]).encode()
             ]
         self.counts["store_failures"] += 1
 
@@ -332,13 +343,12 @@ class Authenticator:
         self._remember(seq, tree, out.leaves)
 
     def _remember(self, seq: int, tree: MerkleTree, leaves: list[bytes]) -> None:
+        proofs = tree.all_inclusion_proofs()
         for index, leaf in enumerate(leaves):
             meter_id = int.from_bytes(leaf[:4], "big")
             timestamp = int.from_bytes(leaf[8:12], "big")
             day, _interval, _offset = store.day_of(timestamp)
-            record = store.StoredReading(
-                meter_id, leaf[4:], seq, index, tuple(tree.inclusion_proof(index))
-            ).encode()
+            record = store.encode_record(meter_id, seq, index, proofs[index], leaf[4:])
             self._table[(day, store.group_of(meter_id))].append(record)
             self._table_bytes += len(record)
 

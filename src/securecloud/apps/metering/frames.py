@@ -72,6 +72,9 @@ class FrameError(ValueError):
         self.reason = reason
 
 
+_ZEROS = bytes(UPLINK_SIZE)
+
+
 def crc(data: bytes) -> int:
     return crc16.arc(data)
 
@@ -88,7 +91,7 @@ def check(frame: bytes, size: int, layout: struct.Struct) -> tuple:
     body, sent = frame[:-2], int.from_bytes(frame[-2:], "little")
     if crc(body) != sent:
         raise FrameError("crc", f"CRC {sent:04x} does not match {crc(body):04x}")
-    if any(body[layout.size :]):
+    if body[layout.size :] != _ZEROS[: len(body) - layout.size]:
         raise FrameError("malformed", "padding is not zero")
     return layout.unpack_from(body)
 
@@ -221,6 +224,26 @@ class Command:
 
     def encode(self) -> bytes:
         return _finish(_COMMAND.pack(COMMAND, *self._fields()), DOWNLINK_SIZE)
+
+
+_ACK_FIELDS = struct.Struct(">BI8sIIB")
+
+
+def ack_fields(
+    meter_id: int, session_id: bytes, invocation: int, report: int, status: int
+) -> bytes:
+    """The authenticated part of an ACK (what its tag covers), packed once."""
+    return _ACK_FIELDS.pack(ACK, meter_id, session_id, invocation, report, status)
+
+
+def finish_ack(fields: bytes, tag: bytes) -> bytes:
+    return _finish(fields + tag, DOWNLINK_SIZE)
+
+
+def ack_identity(fields: bytes) -> tuple[int, int]:
+    """(meter id, invocation counter) of packed ACK fields."""
+    _code, meter_id, _sid, invocation, _report, _status = _ACK_FIELDS.unpack(fields)
+    return meter_id, invocation
 
 
 def decode_uplink(frame: bytes) -> Hello | Data:

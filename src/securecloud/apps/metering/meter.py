@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from securecloud.apps.metering import frames
-from securecloud.apps.metering.reading import Reading
 from securecloud.crypto import suite1
 
 
@@ -66,16 +65,14 @@ class MeterSession:
         self.next_invocation = max(self.next_invocation, accept.last_invocation + 1)
         self._hello = None
 
-    def seal(self, report: Reading) -> tuple[int, bytes]:
-        """(invocation counter, DATA frame) for one report."""
+    def seal(self, report: bytes) -> tuple[int, bytes]:
+        """(invocation counter, DATA frame) for one encoded report (Reading.encode())."""
         if self.keys is None or self.session_id is None:
             raise MeterProtocolError("no session: handshake first")
         invocation = self.next_invocation
         self.next_invocation += 1
         header = frames.Data(self.meter_id, self.session_id, invocation, b"").header()
-        sealed = suite1.encrypt_frame(
-            self.keys, self.system_title, invocation, header, report.encode()
-        )
+        sealed = suite1.encrypt_frame(self.keys, self.system_title, invocation, header, report)
         return invocation, frames.Data(self.meter_id, self.session_id, invocation, sealed).encode()
 
     def check_ack(self, ack: frames.Ack) -> None:

@@ -95,6 +95,67 @@ def consumer_for(seed: int, meter_id: int, large_share: float = 0.02) -> Consume
     )
 
 
+_REPORT_DTYPE = np.dtype(
+    [("counter", ">u4"), ("timestamp", ">u4"), ("flags", "u1"), ("phases", ">f4", (21,)),
+     ("totals", ">f4", (5,)), ("energy", ">u8")]
+)  # fmt: skip
+
+
+def day_reports(
+    consumer: Consumer,
+    day: dt.date,
+    first_counter: int,
+    energy_wh: float,
+    rng: np.random.Generator,
+    drift_s: int = 0,
+    connected: bool = True,
+) -> tuple[list[bytes], list[int], float]:
+    """The 96 encoded reports of `day` (reading.LAYOUT), their timestamps, and the energy
+    register (Wh, float) at the day's end; vectorised, for the simulator."""
+    meter = METER_CLASSES[consumer.meter_class]
+    share = profiles.day_shares(day)[:, profiles.PROFILES.index(consumer.profile)]
+    kwh = consumer.annual_kwh * share * math.exp(0.15 * rng.standard_normal())
+    kwh = kwh * np.exp(0.10 * rng.standard_normal(READINGS_PER_DAY))
+    if not connected:
+        kwh = np.zeros_like(kwh)
+    n, k = meter.phases, READINGS_PER_DAY
+    power_w = kwh * 1000.0 * 3600.0 / INTERVAL_S
+    split = np.full((k, n), 1.0 / n)
+    if n == 3:
+        split = split * (1 + 0.05 * rng.standard_normal((k, 3)))
+        split = split / split.sum(axis=1, keepdims=True)
+    phase_p = power_w[:, None] * split
+    volts = meter.nominal_voltage * (1 + 0.015 * rng.standard_normal((k, n)))
+    volts = np.clip(volts, 0.92 * meter.nominal_voltage, 1.08 * meter.nominal_voltage)
+    pf = np.clip(consumer.pf_mean + 0.02 * rng.standard_normal((k, n)), 0.7, 0.999)
+    amps = phase_p / (volts * pf)
+    reactive = phase_p * np.tan(np.arccos(pf))
+    thd = np.clip(consumer.thd_mean + 0.5 * rng.standard_normal((k, n)), 0.5, 15)
+    total_q = reactive.sum(axis=1)
+    registers = energy_wh + np.cumsum(power_w * INTERVAL_S / 3600.0)
+    midnight = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp())
+    out = np.zeros(k, dtype=_REPORT_DTYPE)
+    out["counter"] = first_counter + np.arange(k)
+    out["timestamp"] = midnight + (np.arange(k) + 1) * INTERVAL_S + drift_s
+    out["flags"] = (FLAG_LOAD_CONNECTED if connected else 0) | (FLAG_THREE_PHASE if n == 3 else 0)
+    fields = np.stack(
+        [volts if connected else np.zeros_like(volts), amps, np.degrees(np.arccos(pf)),
+         phase_p, reactive, pf, thd], axis=2,
+    )  # fmt: skip  # [k, n, 7]
+    out["phases"][:, : 7 * n] = fields.reshape(k, 7 * n)
+    total_pf = np.where(power_w > 0, power_w / np.hypot(power_w, total_q), 1.0)
+    freq = 60.0 + 0.02 * rng.standard_normal(k)
+    out["totals"] = np.stack([power_w, total_q, total_pf, freq, power_w], axis=1)
+    out["energy"] = registers.astype(np.uint64)
+    blob = out.tobytes()
+    size = _REPORT_DTYPE.itemsize
+    return (
+        [blob[i * size : (i + 1) * size] for i in range(k)],
+        out["timestamp"].tolist(),
+        float(registers[-1]),
+    )
+
+
 def day_readings(
     consumer: Consumer,
     day: dt.date,
@@ -104,65 +165,8 @@ def day_readings(
     drift_s: int = 0,
     connected: bool = True,
 ) -> tuple[list[Reading], float]:
-    """The 96 reports of `day` and the energy register (Wh, float) at its end."""
-    meter = METER_CLASSES[consumer.meter_class]
-    share = profiles.day_shares(day)[:, profiles.PROFILES.index(consumer.profile)]
-    kwh = consumer.annual_kwh * share * math.exp(0.15 * rng.standard_normal())
-    kwh = kwh * np.exp(0.10 * rng.standard_normal(READINGS_PER_DAY))
-    if not connected:
-        kwh = np.zeros_like(kwh)
-    power_w = kwh * 1000.0 * 3600.0 / INTERVAL_S
-    n_phases = meter.phases
-    split = np.full((READINGS_PER_DAY, n_phases), 1.0 / n_phases)
-    if n_phases == 3:
-        split = split * (1 + 0.05 * rng.standard_normal((READINGS_PER_DAY, 3)))
-        split = split / split.sum(axis=1, keepdims=True)
-    phase_p = power_w[:, None] * split
-    volts = meter.nominal_voltage * (1 + 0.015 * rng.standard_normal((READINGS_PER_DAY, n_phases)))
-    volts = np.clip(volts, 0.92 * meter.nominal_voltage, 1.08 * meter.nominal_voltage)
-    pf = np.clip(
-        consumer.pf_mean + 0.02 * rng.standard_normal((READINGS_PER_DAY, n_phases)), 0.7, 0.999
+    """The 96 reports of `day` as Reading values, and the energy register at its end."""
+    blobs, _times, end = day_reports(
+        consumer, day, first_counter, energy_wh, rng, drift_s, connected
     )
-    amps = phase_p / (volts * pf)
-    angle = np.degrees(np.arccos(pf))
-    reactive = phase_p * np.tan(np.arccos(pf))
-    thd = np.clip(
-        consumer.thd_mean + 0.5 * rng.standard_normal((READINGS_PER_DAY, n_phases)), 0.5, 15
-    )
-    freq = 60.0 + 0.02 * rng.standard_normal(READINGS_PER_DAY)
-    total_q = reactive.sum(axis=1)
-    total_pf = np.where(power_w > 0, power_w / np.hypot(power_w, total_q), 1.0)
-    registers = energy_wh + np.cumsum(power_w * INTERVAL_S / 3600.0)
-    midnight = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp())
-    flags = (FLAG_LOAD_CONNECTED if connected else 0) | (FLAG_THREE_PHASE if n_phases == 3 else 0)
-    zero = (0.0,) * 7
-    out = []
-    for k in range(READINGS_PER_DAY):
-        phases = [
-            (
-                float(volts[k, i]) if connected else 0.0,
-                float(amps[k, i]),
-                float(angle[k, i]),
-                float(phase_p[k, i]),
-                float(reactive[k, i]),
-                float(pf[k, i]),
-                float(thd[k, i]),
-            )
-            for i in range(n_phases)
-        ]
-        phases += [zero] * (3 - n_phases)
-        out.append(
-            Reading(
-                first_counter + k,
-                midnight + (k + 1) * INTERVAL_S + drift_s,
-                flags,
-                tuple(phases),
-                float(power_w[k]),
-                float(total_q[k]),
-                float(total_pf[k]),
-                float(freq[k]),
-                float(power_w[k]),
-                int(registers[k]),
-            )
-        )
-    return out, float(registers[-1])
+    return [Reading.decode(b) for b in blobs], end

@@ -128,10 +128,9 @@ def implausible(
     most what the meter's maximum power could deliver in the intervals since
     the previous stored reading.
     """
-    if not all(math.isfinite(x) for phase in reading.phases for x in phase):
-        return "not-finite"
+    # Values come from float32, so a sum of them overflows only if one is inf or nan.
     totals = (reading.total_active, reading.total_reactive, reading.total_pf, reading.frequency)
-    if not all(math.isfinite(x) for x in (*totals, reading.demand)):
+    if not math.isfinite(sum(map(sum, reading.phases)) + sum(totals) + reading.demand):
         return "not-finite"
     if not 57.0 <= reading.frequency <= 63.0:
         return "frequency-out-of-range"

@@ -34,7 +34,7 @@ import numpy as np
 from securecloud.apps.metering import frames
 from securecloud.apps.metering.fleet import Fleet
 from securecloud.apps.metering.meter import MeterProtocolError, MeterSession
-from securecloud.apps.metering.model import consumer_for, day_readings
+from securecloud.apps.metering.model import consumer_for, day_reports
 from securecloud.apps.metering.reading import INTERVAL_S, READINGS_PER_DAY
 from securecloud.runtime.durable import atomic_write
 
@@ -96,11 +96,10 @@ class SimMeter(asyncio.Protocol):
         self.energy = state["energy"] if state else self.energy
         for d in range(cfg.days):
             day = cfg.start + dt.timedelta(days=d)
-            reports, self.energy = day_readings(
+            reports, due, self.energy = day_reports(
                 self.consumer, day, counter, self.energy, self.rng, self.drift, self.load_on
             )
             counter += READINGS_PER_DAY
-            due = [r.timestamp for r in reports]
             if self.rng.random() < cfg.p_offline:  # offline for 1-16 intervals
                 first = int(self.rng.integers(0, READINGS_PER_DAY))
                 last = min(READINGS_PER_DAY, first + int(self.rng.integers(1, 17)))
@@ -108,7 +107,7 @@ class SimMeter(asyncio.Protocol):
                     self.shard.result.lost_by_fault += last - first
                     del reports[first:last], due[first:last]
                 else:
-                    due[first:last] = [reports[last - 1].timestamp + INTERVAL_S] * (last - first)
+                    due[first:last] = [due[last - 1] + INTERVAL_S] * (last - first)
             for report, when in zip(reports, due, strict=True):
                 self.queue.append((report, when))
                 if self.rng.random() < cfg.p_duplicate:
@@ -201,20 +200,28 @@ class SimMeter(asyncio.Protocol):
 
     # -- sending ------------------------------------------------------------------
     def pump(self) -> None:
+        """Refill the window once half of it is acknowledged, in one write: a meter with
+        a backlog sends it in bursts, and the sockets carry several frames per call."""
         if not self.connected or self.session.keys is None:
             return
+        window = self.shard.config.window
+        if len(self.pending) > window // 2:
+            return
         now = time.monotonic()
-        while len(self.pending) < self.shard.config.window and self.queue_pos < len(self.queue):
+        burst = []
+        while len(self.pending) < window and self.queue_pos < len(self.queue):
             report, due = self.queue[self.queue_pos]
             wait = self.shard.real_time(due) - now
             if wait > 0:
                 self.shard.later(self, wait)
-                return
+                break
             self.queue_pos += 1
             invocation, frame = self.session.seal(report)
             self.pending[invocation] = (report, now)
-            self.transport.write(frame)
-            self.shard.result.sent += 1
+            burst.append(frame)
+        if burst:
+            self.transport.write(b"".join(burst))
+            self.shard.result.sent += len(burst)
         if self.queue_pos >= len(self.queue) and not self.pending:
             self.shard.done(self)
 

@@ -33,6 +33,7 @@ import datetime as dt
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 
 from securecloud.apps.metering.reading import INTERVAL_S
 from securecloud.apps.metering.reading import SIZE as REPORT_SIZE
@@ -65,8 +66,15 @@ def day_of(timestamp: int) -> tuple[dt.date, int, int]:
     """(day, interval index 0..95, clock offset s) of a report stamped at an interval's end."""
     nearest = round(timestamp / INTERVAL_S) * INTERVAL_S
     start = nearest - INTERVAL_S
-    day = dt.datetime.fromtimestamp(start, dt.UTC).date()
-    return day, (start % 86400) // INTERVAL_S, timestamp - nearest
+    return _date(start // 86400), (start % 86400) // INTERVAL_S, timestamp - nearest
+
+
+@lru_cache(maxsize=4096)
+def _date(days_since_epoch: int) -> dt.date:
+    return _EPOCH + dt.timedelta(days=days_since_epoch)
+
+
+_EPOCH = dt.date(1970, 1, 1)
 
 
 def batch_statement(header: dict) -> bytes:
@@ -101,11 +109,13 @@ class StoredReading:
     proof: tuple[bytes, ...]
 
     def encode(self) -> bytes:
-        return (
-            _RECORD.pack(self.meter_id, self.batch_seq, self.leaf_index, len(self.proof))
-            + self.report
-            + b"".join(self.proof)
+        return encode_record(
+            self.meter_id, self.batch_seq, self.leaf_index, self.proof, self.report
         )
+
+
+def encode_record(meter_id: int, seq: int, index: int, proof, report: bytes) -> bytes:
+    return b"".join((_RECORD.pack(meter_id, seq, index, len(proof)), report, *proof))
 
 
 def encode_segment(records: list[bytes]) -> bytes:

@@ -1,0 +1,197 @@
+"""Ingestion throughput: N simulated meters for one day through the embedded platform.
+
+Starts LAS, CAS, the KVS gateway (9 local nodes), the attested authenticator
+and one aggregator per 16,000 meters (a process may hold 20,000 sockets here),
+provisions the meters, runs them as fast as acknowledgements come back
+(speedup 0, 4 frames in flight per meter, the default faults), flushes, then
+reads every segment back and counts acknowledged reports missing from the KVS
+(`lost`, must be 0).
+
+Baseline in the same run: `crypto_limit_readings_per_s`, the authenticator's
+cryptographic work per report measured alone on one core (GCM decryption,
+the Merkle leaf and its share of interior nodes, the HMAC acknowledgement, and
+the batch signature divided by the batch size): the ceiling of one
+authenticator process on this machine.
+
+    python bench/ingest.py --out bench/results/ingest.json            # 65,000 meters
+    python bench/ingest.py --quick --out /tmp/ingest-quick.json       # 4,000 meters
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import write_results
+from securecloud.apps.metering import frames, store
+from securecloud.apps.metering.model import consumer_for, day_readings
+from securecloud.apps.metering.simulator import expand
+from securecloud.cli.kvs import _client
+from securecloud.cli.meters import METERS_PER_PROCESS, run_fleet
+from securecloud.crypto import MerkleTree, generate_signing_key, sign, suite1
+from securecloud.infra.supervisor import IngestPorts, Supervisor, free_port
+
+CLI = [sys.executable, "-m", "securecloud.cli.main"]
+
+
+def crypto_limit(batch_size: int = 2000, rounds: int = 5) -> float:
+    """Reports per second one core can authenticate (crypto only)."""
+    import numpy as np
+
+    meter, auth = suite1.generate_meter_key(), suite1.generate_meter_key()
+    keys = suite1.session_keys(suite1.static_secret(auth, meter.public_key()), bytes(8), 7)
+    reports, _ = day_readings(
+        consumer_for(1, 7), dt.date(2026, 3, 2), 1, 0.0, np.random.default_rng(0)
+    )
+    title = frames.system_title(7)
+    header = bytes(17)
+    sealed = [
+        suite1.encrypt_frame(keys, title, i, header, reports[i % 96].encode())
+        for i in range(batch_size)
+    ]
+    signing = generate_signing_key("p256")
+    best = 0.0
+    for _ in range(rounds):
+        started = time.perf_counter()
+        leaves = []
+        for i, blob in enumerate(sealed):
+            plain = suite1.decrypt_frame(keys, title, i, header, blob)
+            leaves.append(b"\x00\x00\x00\x07" + plain)
+            suite1.ack_tag(keys, blob[:32])
+        tree = MerkleTree.from_leaves(leaves)
+        sign(signing, tree.root())
+        best = max(best, batch_size / (time.perf_counter() - started))
+    return best
+
+
+def stored_counters(data_dir: Path) -> dict[int, set[int]]:
+    found: dict[int, set[int]] = {}
+    with _client(data_dir, None) as kvs:
+        keys, start = [], ""
+        while batch := kvs.list(store.BUCKET, "readings/", start, 1000):
+            keys += [o["key"] for o in batch]
+            start = batch[-1]["key"]
+        for key in keys:
+            for record in store.decode_segment(kvs.get(store.BUCKET, key)):
+                counter = int.from_bytes(record.report[:4], "big")
+                found.setdefault(record.meter_id, set()).add(counter)
+    return found
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--quick", action="store_true", help="4,000 meters (under two minutes)")
+    p.add_argument("--meters", type=int, default=65000)
+    p.add_argument("--window", type=int, default=8)
+    args = p.parse_args()
+    meters = 4000 if args.quick else args.meters
+    aggregators = -(-meters // METERS_PER_PROCESS)
+    limit = crypto_limit()
+    print(f"crypto ceiling (one core): {limit:,.0f} reports/s", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        data_dir = Path(tmp)
+        supervisor = Supervisor(data_dir)
+        ports = IngestPorts(free_port(), free_port(), free_port(), free_port())
+        try:
+            supervisor.up(free_port(), free_port(), None, free_port(), ports)
+            targets = [f"127.0.0.1:{ports.aggregator}"]
+            for i in range(1, aggregators):
+                port, metrics = free_port(), free_port()
+                supervisor.start(
+                    f"aggregator-{i}",
+                    ["ingest", "aggregator", "serve", "--data-dir", str(data_dir), "--port",
+                     str(port), "--metrics-port", str(metrics), "--authenticator",
+                     f"127.0.0.1:{ports.link}"],
+                    f"http://127.0.0.1:{metrics}",
+                )  # fmt: skip
+                targets.append(f"127.0.0.1:{port}")
+            started = time.perf_counter()
+            subprocess.run(
+                [*CLI, "meters", "provision", "--count", str(meters), "--data-dir", str(data_dir)],
+                check=True,
+            )
+            provision_s = time.perf_counter() - started
+            config = {
+                "targets": targets,
+                "start": "2026-03-02",
+                "days": 1,
+                "speedup": 0.0,
+                "window": args.window,
+                "timeout": 30.0,
+            }
+            print(f"running {meters:,} meters through {aggregators} aggregator(s)", flush=True)
+            summary = run_fleet(data_dir / "meters", meters, config)
+            auth_url = f"https://127.0.0.1:{ports.api}"
+            subprocess.run(
+                [*CLI, "ingest", "flush", "--url", auth_url, "--data-dir", str(data_dir)],
+                check=True,
+            )
+            status_args = ["ingest", "status", "--json", "--url", auth_url]
+            status = subprocess.run(
+                [*CLI, *status_args, "--data-dir", str(data_dir)],
+                check=True, capture_output=True, text=True,
+            ).stdout  # fmt: skip
+            started = time.perf_counter()
+            found = stored_counters(data_dir)
+            verify_s = time.perf_counter() - started
+        finally:
+            supervisor.stop_all()
+    import json
+
+    status_doc = json.loads(status)
+    lost = sum(
+        len(expand(ranges) - found.get(int(meter), set()))
+        for meter, ranges in summary["acked_counters"].items()
+    )
+    readings = summary["acked"].get("stored", 0) + summary["acked"].get("quarantined", 0)
+    results = {
+        "meters": meters,
+        "days": 1,
+        "aggregators": aggregators,
+        "simulator_processes": summary["processes"],
+        "readings": readings,
+        "frames_sent": summary["sent"],
+        "acknowledged": summary["acked"],
+        "nacks": summary["nacks"],
+        "elapsed_s": round(summary["elapsed_s"], 1),
+        "readings_per_s": round(readings / summary["elapsed_s"], 1),
+        "crypto_limit_readings_per_s": round(limit, 1),
+        "ratio_to_crypto_limit": round(readings / summary["elapsed_s"] / limit, 3),
+        "lost": lost,
+        "lost_by_meter_faults": summary["lost_by_fault"],
+        "missing_recorded": status_doc["missing"],
+        "duplicates_recorded": status_doc["duplicates"],
+        "quarantined": status_doc["quarantined"],
+        "provision_s": round(provision_s, 1),
+        "verify_read_back_s": round(verify_s, 1),
+        "stored_readings_read_back": sum(len(v) for v in found.values()),
+    }
+    rows = [
+        (
+            "meters",
+            meters,
+            f"{aggregators} aggregator(s), {summary['processes']} simulator process(es)",
+        ),
+        ("readings", readings, "stored + quarantined, one simulated day"),
+        ("readings_per_s", results["readings_per_s"], "target >= 20,000"),
+        (
+            "crypto_limit_readings_per_s",
+            results["crypto_limit_readings_per_s"],
+            "one core, crypto only",
+        ),
+        ("ratio_to_crypto_limit", results["ratio_to_crypto_limit"], ""),
+        ("lost", lost, "acknowledged but not in the KVS; must be 0"),
+    ]
+    write_results(args.out, "ingest", results, rows)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
