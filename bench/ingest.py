@@ -89,7 +89,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--quick", action="store_true", help="4,000 meters (under two minutes)")
     p.add_argument("--meters", type=int, default=65000)
-    p.add_argument("--window", type=int, default=8)
+    p.add_argument("--window", type=int, default=16)
     args = p.parse_args()
     meters = 4000 if args.quick else args.meters
     aggregators = -(-meters // METERS_PER_PROCESS)

@@ -90,11 +90,12 @@ class Runner:
         finally:
             writer.close()
 
-    def _maybe_reload_registry(self, entries) -> None:
-        unknown = any(
-            self.auth.registry.get(frames.meter_id_of(f) or -1) is None for _t, f in entries
-        )
-        if unknown and time.monotonic() - self._registry_checked > 5:
+    def _unknown(self, frame: bytes) -> bool:
+        return self.auth.registry.get(frames.meter_id_of(frame) or -1) is None
+
+    def _maybe_reload_registry(self) -> None:
+        """A HELLO from a meter we do not know: perhaps it was provisioned since we loaded."""
+        if time.monotonic() - self._registry_checked > 5:
             self._registry_checked = time.monotonic()
             self.auth.registry = Registry.from_json(self.kvs.get(BUCKET, KEY))
             log.info("registry reloaded: %d meters", len(self.auth.registry))
@@ -111,10 +112,8 @@ class Runner:
             entries = [e for _w, _b, es in work for e in es]
             async with self.lock:
                 started = time.perf_counter()
-                if any(
-                    self.auth.registry.get(frames.meter_id_of(f) or -1) is None for _t, f in entries
-                ):
-                    await asyncio.to_thread(self._maybe_reload_registry, entries)
+                if any(f[0] == frames.HELLO and self._unknown(f) for _t, f in entries):
+                    await asyncio.to_thread(self._maybe_reload_registry)
                 try:
                     outcome = self.auth.process([f for _t, f in entries])
                     await asyncio.to_thread(self.auth.store, outcome)
