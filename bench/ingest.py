@@ -89,10 +89,17 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--quick", action="store_true", help="4,000 meters (under two minutes)")
     p.add_argument("--meters", type=int, default=65000)
-    p.add_argument("--window", type=int, default=16)
+    p.add_argument(
+        "--window",
+        type=int,
+        help="frames in flight per meter (default: 16 up to 4,000 meters, fewer above, "
+        "so that about 64,000 frames are in flight)",
+    )
     args = p.parse_args()
     meters = 4000 if args.quick else args.meters
     aggregators = -(-meters // METERS_PER_PROCESS)
+    # In-flight frames wait in queues; too many and they time out and come again.
+    window = args.window or max(2, min(16, 64000 // meters))
     limit = crypto_limit()
     print(f"crypto ceiling (one core): {limit:,.0f} reports/s", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
@@ -123,8 +130,8 @@ def main() -> None:
                 "start": "2026-03-02",
                 "days": 1,
                 "speedup": 0.0,
-                "window": args.window,
-                "timeout": 30.0,
+                "window": window,
+                "timeout": 120.0,
             }
             print(f"running {meters:,} meters through {aggregators} aggregator(s)", flush=True)
             summary = run_fleet(data_dir / "meters", meters, config)
@@ -155,6 +162,7 @@ def main() -> None:
         "meters": meters,
         "days": 1,
         "aggregators": aggregators,
+        "window": window,
         "simulator_processes": summary["processes"],
         "readings": readings,
         "frames_sent": summary["sent"],
@@ -169,6 +177,8 @@ def main() -> None:
         "missing_recorded": status_doc["missing"],
         "duplicates_recorded": status_doc["duplicates"],
         "quarantined": status_doc["quarantined"],
+        "quarantined_by_reason": status_doc["quarantined_by_reason"],
+        "rejected_by_reason": status_doc["rejected_by_reason"],
         "provision_s": round(provision_s, 1),
         "verify_read_back_s": round(verify_s, 1),
         "stored_readings_read_back": sum(len(v) for v in found.values()),

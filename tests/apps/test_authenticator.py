@@ -128,6 +128,8 @@ def test_implausible_reading_is_quarantined_with_its_reason_not_dropped(rig):
     header, leaves = store.decode_batch(storage.objects[store.batch_key("auth-t", 1)])
     assert leaves == [] and header["quarantine"][0]["reason"] == "frequency-out-of-range"
     assert auth.status()["quarantined_by_reason"] == {"frequency-out-of-range": 1}
+    resent = statuses(run(auth, [session.seal(bad.encode())[1]]))[0]
+    assert resent.status == frames.QUARANTINED  # not "duplicate": it is not a stored reading
 
 
 def test_failed_store_undoes_the_batch_and_nacks_unavailable(rig):

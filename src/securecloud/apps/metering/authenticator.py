@@ -23,10 +23,12 @@ checkpoint plus the batches written after it (replayed into the table).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -35,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from securecloud.apps.metering import frames, store
 from securecloud.apps.metering.reading import Reading, implausible
 from securecloud.apps.metering.registry import Registry
-from securecloud.crypto import MerkleTree, canonical, sign, suite1
+from securecloud.crypto import MerkleTree, sign, suite1
 from securecloud.crypto.errors import CryptoError
 
 log = logging.getLogger("securecloud.metering.authenticator")
@@ -56,6 +58,7 @@ class MeterState:
     last_report: int = 0
     last_energy: int | None = None
     missing: set[int] | None = None
+    quarantined_counters: set[int] | None = None  # so a resend is answered QUARANTINED
     accepted: int = 0
     duplicates: int = 0
     quarantined: int = 0
@@ -67,6 +70,7 @@ class MeterState:
             self.last_report,
             self.last_energy,
             sorted(self.missing or ()),
+            sorted(self.quarantined_counters or ()),
             self.accepted,
             self.duplicates,
             self.quarantined,
@@ -75,7 +79,7 @@ class MeterState:
 
     @classmethod
     def from_list(cls, v: list) -> MeterState:
-        return cls(v[0], v[1], v[2], set(v[3]) or None, *v[4:8])
+        return cls(v[0], v[1], v[2], set(v[3]) or None, set(v[4]) or None, *v[5:9])
 
     def copy(self) -> MeterState:
         return MeterState(
@@ -83,6 +87,7 @@ class MeterState:
             self.last_report,
             self.last_energy,
             set(self.missing) if self.missing else None,
+            set(self.quarantined_counters) if self.quarantined_counters else None,
             self.accepted,
             self.duplicates,
             self.quarantined,
@@ -106,6 +111,13 @@ class Outcome:
     invocations: dict[int, int] = field(default_factory=dict)  # meter -> highest taken
     # (frame index, the ACK's authenticated fields, keys): tagged once the batch is stored
     pending_acks: list[tuple[int, bytes, suite1.SessionKeys]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Detached:
+    table: dict[tuple, list[bytes]]
+    seq: int  # every batch up to this one is in `table` or in earlier segments
+    state: bytes | None  # checkpoint to write after the segments
 
 
 class Authenticator:
@@ -229,6 +241,8 @@ class Authenticator:
         if counter <= state.last_report and not late:
             state.duplicates += 1
             self.counts["duplicates"] += 1
+            if state.quarantined_counters and counter in state.quarantined_counters:
+                return frames.QUARANTINED  # stored, but in quarantine: say so again
             return frames.DUPLICATE
         _day, _index, offset = store.day_of(report.timestamp)
         reason = None
@@ -254,6 +268,9 @@ class Authenticator:
                 }
             )
             self._advance(state, counter)
+            state.quarantined_counters = (state.quarantined_counters or set()) | {counter}
+            if late:
+                state.missing.discard(counter)
             return frames.QUARANTINED
         if late:
             state.missing.discard(counter)
@@ -307,8 +324,6 @@ class Authenticator:
                 return
         for i, ack, keys in out.pending_acks:
             out.replies[i].insert(0, frames.finish_ack(ack, suite1.ack_tag(keys, ack)))
-        if self._table_bytes >= self.flush_bytes:
-            self.flush()
 
     def _undo(self, out: Outcome) -> None:
         for meter_id, before in out.undo.items():
@@ -352,35 +367,60 @@ class Authenticator:
             self._table[(day, store.group_of(meter_id))].append(record)
             self._table_bytes += len(record)
 
+    @property
+    def flush_due(self) -> bool:
+        return self._table_bytes >= self.flush_bytes
+
+    def detach(self, checkpoint: bool) -> Detached:
+        """Hand the table over for writing and start a new one (cheap: the caller holds
+        the processing lock only for this); with `checkpoint`, also the counters as of
+        now, to be written once the segments are."""
+        detached = Detached(
+            dict(self._table), self.seq, self._state_doc(self.seq) if checkpoint else None
+        )
+        self._table = defaultdict(list)
+        self._table_bytes = 0
+        return detached
+
+    def write(self, detached: Detached, parallel: int = 4) -> int:
+        """Write detached segments (several puts at once), then the checkpoint."""
+        items = sorted(detached.table.items())
+
+        def put(item) -> None:
+            (day, group), records = item
+            key = store.segment_key(day, group, self.name, detached.seq)
+            self.storage.put(store.BUCKET, key, store.encode_segment(records))
+
+        with ThreadPoolExecutor(parallel) as pool:
+            list(pool.map(put, items))
+        if detached.state is not None:
+            self.storage.put(store.BUCKET, store.state_key(self.name), detached.state)
+            self.checkpoint_seq = max(self.checkpoint_seq, detached.seq)
+        self.counts["segments"] += len(items)
+        return len(items)
+
     def flush(self) -> int:
         """Write the table as segments, then checkpoint; returns the segments written."""
-        written = 0
-        for (day, group), records in sorted(self._table.items()):
-            key = store.segment_key(day, group, self.name, self.seq)
-            self.storage.put(store.BUCKET, key, store.encode_segment(records))
-            written += 1
-        self._table.clear()
-        self._table_bytes = 0
-        self.checkpoint_seq = self.seq
-        self.storage.put(store.BUCKET, store.state_key(self.name), self._state_doc())
-        self.counts["segments"] += written
-        return written
+        return self.write(self.detach(checkpoint=True))
 
-    def _state_doc(self) -> bytes:
-        return canonical.encode(
+    def _state_doc(self, checkpoint_seq: int) -> bytes:
+        # Plain JSON (C encoder): a checkpoint of 65,000 meters is written while
+        # batches wait, and nothing signs it.
+        return json.dumps(
             {
                 "authenticator": self.name,
-                "checkpoint_seq": self.checkpoint_seq,
+                "checkpoint_seq": checkpoint_seq,  # batches up to this are in segments
                 "command_seq": self.command_seq,
                 "counts": dict(self.counts),
                 "meters": {str(m): s.to_list() for m, s in self.meters.items()},
-            }
-        )
+            },
+            separators=(",", ":"),
+        ).encode()
 
     def restore(self) -> int:
         """Load the checkpoint, then replay the batches written after it; returns how many."""
         try:
-            doc = canonical.decode(self.storage.get(store.BUCKET, store.state_key(self.name)))
+            doc = json.loads(self.storage.get(store.BUCKET, store.state_key(self.name)))
         except Exception as exc:  # no checkpoint yet: a new authenticator
             if getattr(exc, "status", None) != 404:
                 raise
@@ -415,6 +455,7 @@ class Authenticator:
             state.quarantined += 1
             self.counts[f"quarantined:{q['reason']}"] += 1
             self._advance(state, q["counter"])
+            state.quarantined_counters = (state.quarantined_counters or set()) | {q["counter"]}
         for meter, invocation in header["invocations"].items():
             state = self.meters.setdefault(int(meter), MeterState())
             state.last_invocation = max(state.last_invocation, invocation)

@@ -46,6 +46,7 @@ MANIFEST = builtin_service(
     "meter-authenticator", "securecloud.apps.metering.service:main", heap_mb=48
 )
 LINK_PORT, API_PORT = 4810, 8084
+CHECKPOINT_S = 30.0
 log = logging.getLogger("securecloud.metering")
 BATCHES = Histogram("securecloud_authenticator_batch_seconds", "Process + store time per batch")
 OUTCOMES = Counter("securecloud_authenticator_frames_total", "Frames by outcome", ["outcome"])
@@ -73,8 +74,12 @@ class Runner:
 
     def __init__(self, auth: Authenticator, kvs: KvsClient, max_batch: int):
         self.auth, self.kvs, self.max_batch = auth, kvs, max_batch
-        self.queue: asyncio.Queue = asyncio.Queue()
+        # Bounded: when the authenticator falls behind, links stop being read and the
+        # backlog stays in the aggregators' and meters' buffers, not in our memory.
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=64)
         self.lock = asyncio.Lock()
+        self.flushing: asyncio.Task | None = None
+        self.checkpointed = time.monotonic()
         self._registry_checked = 0.0
         self.stopping = False
 
@@ -123,6 +128,7 @@ class Runner:
                     )
                     outcome = _all_unavailable(entries)
                 BATCHES.observe(time.perf_counter() - started)
+                await self._maybe_flush()
             OUTCOMES.labels("processed").inc(len(entries))
             offset = 0
             for writer, batch_id, es in work:
@@ -133,8 +139,26 @@ class Runner:
                 if not writer.is_closing():
                     writer.write(link.encode(batch_id, replies))
 
+    async def _maybe_flush(self) -> None:
+        """Segments are written in the background while batches go on; a checkpoint
+        at most every CHECKPOINT_S (replay after a restart covers the rest)."""
+        if not self.auth.flush_due:
+            return
+        if self.flushing is not None and not self.flushing.done():
+            if self.auth._table_bytes < 3 * self.auth.flush_bytes:
+                return
+            await self.flushing  # too far behind: wait rather than grow without bound
+        checkpoint = time.monotonic() - self.checkpointed > CHECKPOINT_S
+        if checkpoint:
+            self.checkpointed = time.monotonic()
+        detached = self.auth.detach(checkpoint)
+        self.flushing = asyncio.create_task(asyncio.to_thread(self.auth.write, detached))
+
     async def flush(self) -> int:
         async with self.lock:
+            if self.flushing is not None:
+                await self.flushing
+            self.checkpointed = time.monotonic()
             return await asyncio.to_thread(self.auth.flush)
 
 
@@ -177,7 +201,7 @@ def create_app(runner: Runner, tls: TlsFiles, host: str, port: int, token: str):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-                written = await asyncio.to_thread(runner.auth.flush)
+            written = await runner.flush()
             log.info("flushed %d segments on shutdown", written)
 
     def health() -> dict:

@@ -15,9 +15,10 @@ with the regulator-registered key over the canonical statement
     {"type": "securecloud.metering.batch.v1", "authenticator", "seq", "size",
      "root" (hex), "created"}
 
-A group is 256 consecutive meter ids (meter_id // 256): one object per group
-and day instead of one per meter and day, so a day of 65,000 meters is about
-254 objects per flush, not 65,000, and billing reads a group at once. Segments
+A group is 1,024 consecutive meter ids (meter_id // 1024): one object per
+group and day per flush instead of one per meter and day, so a flush for
+65,000 meters writes about 64 objects, not 65,000 (the KVS's cost is per
+object as much as per byte), and billing reads a group at once. Segments
 may overlap after an authenticator restarts (the same reading in two
 segments); readers keep one reading per (meter, counter).
 
@@ -40,7 +41,7 @@ from securecloud.apps.metering.reading import SIZE as REPORT_SIZE
 from securecloud.crypto import canonical
 
 BUCKET = "metering"
-GROUP_SIZE = 256
+GROUP_SIZE = 1024
 LEAF_SIZE = 4 + REPORT_SIZE
 _BATCH_MAGIC, _SEGMENT_MAGIC = b"SCMB1", b"SCMS1"
 _RECORD = struct.Struct(">IIIB")
