@@ -89,6 +89,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--quick", action="store_true", help="4,000 meters (under two minutes)")
     p.add_argument("--meters", type=int, default=65000)
+    p.add_argument("--keep", type=Path, help="use and keep this data directory (logs, KVS)")
     p.add_argument(
         "--window",
         type=int,
@@ -103,7 +104,7 @@ def main() -> None:
     limit = crypto_limit()
     print(f"crypto ceiling (one core): {limit:,.0f} reports/s", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
-        data_dir = Path(tmp)
+        data_dir = args.keep or Path(tmp)
         supervisor = Supervisor(data_dir)
         ports = IngestPorts(free_port(), free_port(), free_port(), free_port())
         try:

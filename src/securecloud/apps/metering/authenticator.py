@@ -382,14 +382,25 @@ class Authenticator:
         self._table_bytes = 0
         return detached
 
-    def write(self, detached: Detached, parallel: int = 4) -> int:
-        """Write detached segments (several puts at once), then the checkpoint."""
+    def write(self, detached: Detached, parallel: int = 4, attempts: int = 5) -> int:
+        """Write detached segments (several puts at once), then the checkpoint. A put
+        is tried `attempts` times; if it still fails the error propagates and the
+        caller must `reattach` the table (its readings are safe in the batches)."""
         items = sorted(detached.table.items())
 
         def put(item) -> None:
             (day, group), records = item
             key = store.segment_key(day, group, self.name, detached.seq)
-            self.storage.put(store.BUCKET, key, store.encode_segment(records))
+            data = store.encode_segment(records)
+            for attempt in range(attempts):
+                try:
+                    self.storage.put(store.BUCKET, key, data)
+                    return
+                except Exception as exc:
+                    if attempt == attempts - 1:
+                        raise
+                    log.warning("segment %s: put failed (%s); trying again", key, exc)
+                    time.sleep(0.2 * 2**attempt)
 
         with ThreadPoolExecutor(parallel) as pool:
             list(pool.map(put, items))
@@ -399,9 +410,21 @@ class Authenticator:
         self.counts["segments"] += len(items)
         return len(items)
 
+    def reattach(self, detached: Detached) -> None:
+        """Put a table whose write failed back, to be written with the next flush."""
+        for slot, records in detached.table.items():
+            self._table[slot][:0] = records
+            self._table_bytes += sum(map(len, records))
+        self.counts["segment_write_failures"] += 1
+
     def flush(self) -> int:
         """Write the table as segments, then checkpoint; returns the segments written."""
-        return self.write(self.detach(checkpoint=True))
+        detached = self.detach(checkpoint=True)
+        try:
+            return self.write(detached)
+        except Exception:
+            self.reattach(detached)
+            raise
 
     def _state_doc(self, checkpoint_seq: int) -> bytes:
         # Plain JSON (C encoder): a checkpoint of 65,000 meters is written while

@@ -124,11 +124,14 @@ def day_reports(
     if n == 3:
         split = split * (1 + 0.05 * rng.standard_normal((k, 3)))
         split = split / split.sum(axis=1, keepdims=True)
-    phase_p = power_w[:, None] * split
     volts = meter.nominal_voltage * (1 + 0.015 * rng.standard_normal((k, n)))
     volts = np.clip(volts, 0.92 * meter.nominal_voltage, 1.08 * meter.nominal_voltage)
     pf = np.clip(consumer.pf_mean + 0.02 * rng.standard_normal((k, n)), 0.7, 0.999)
-    amps = phase_p / (volts * pf)
+    # A supply cannot deliver more than its rating (the breaker trips): clip the
+    # current, then derive the power from it, so noisy peaks stay physical.
+    amps = np.minimum(power_w[:, None] * split / (volts * pf), 0.95 * meter.max_current)
+    phase_p = volts * amps * pf
+    power_w = phase_p.sum(axis=1)
     reactive = phase_p * np.tan(np.arccos(pf))
     thd = np.clip(consumer.thd_mean + 0.5 * rng.standard_normal((k, n)), 0.5, 15)
     total_q = reactive.sum(axis=1)

@@ -151,8 +151,16 @@ class Runner:
         checkpoint = time.monotonic() - self.checkpointed > CHECKPOINT_S
         if checkpoint:
             self.checkpointed = time.monotonic()
-        detached = self.auth.detach(checkpoint)
-        self.flushing = asyncio.create_task(asyncio.to_thread(self.auth.write, detached))
+        self.flushing = asyncio.create_task(self._write(self.auth.detach(checkpoint)))
+
+    async def _write(self, detached) -> None:
+        try:
+            await asyncio.to_thread(self.auth.write, detached)
+        except Exception:
+            log.exception(
+                "writing %d segments failed; kept for the next flush", len(detached.table)
+            )
+            self.auth.reattach(detached)
 
     async def flush(self) -> int:
         async with self.lock:
