@@ -15,7 +15,7 @@ from securecloud.apps.metering.authenticator import Authenticator
 from securecloud.apps.metering.meter import MeterSession
 from securecloud.apps.metering.model import consumer_for, day_readings
 from securecloud.apps.metering.registry import MeterRecord, Registry
-from securecloud.crypto import generate_signing_key, suite1
+from securecloud.crypto import ProofError, SignatureError, generate_signing_key, suite1
 from securecloud.crypto.agreement import public_bytes
 
 
@@ -155,3 +155,21 @@ def test_restart_restores_counters_from_checkpoint_and_log(rig):
     segments = [k for k in storage.objects if k.startswith("readings/")]
     stored = [r for k in segments for r in store.decode_segment(storage.objects[k])]
     assert sorted(int.from_bytes(r.report[:4], "big") for r in stored) == list(range(1, 11))
+
+
+def test_stored_reading_verifies_against_its_signed_batch_and_tampering_does_not(rig):
+    auth, session, reports, storage, (_k, signing, _r) = rig
+    run(auth, [session.seal(r.encode())[1] for r in reports[:5]])
+    auth.flush()
+    key = next(k for k in storage.objects if k.startswith("readings/"))
+    records = list(store.decode_segment(storage.objects[key]))
+    header, _leaves = store.decode_batch(storage.objects[store.batch_key("auth-t", 1)])
+    for record in records:
+        store.verify_stored(record, header, signing.public_key())
+    altered = dataclasses.replace(
+        records[2], report=bytes([records[2].report[0] ^ 1]) + records[2].report[1:]
+    )
+    with pytest.raises(ProofError):
+        store.verify_stored(altered, header, signing.public_key())
+    with pytest.raises(SignatureError):
+        store.verify_stored(records[0], header, generate_signing_key("p256").public_key())

@@ -1,11 +1,14 @@
-"""`securecloud demo`: the trust core end to end, on this machine, then cleaned up.
+"""`securecloud demo`: the platform end to end, on this machine, then cleaned up.
 
 Steps: start a LAS and a CAS (supervised processes, free ports, a temporary
 data directory), enroll a policy owner, measure the demo service, apply a
 policy with generated secrets, a CAS-issued TLS certificate and an injected
 file, launch the service in enclave mode (it attests and receives them), show
-a refused launch of code the policy does not list, verify the audit log, and
-stop everything.
+a refused launch of code the policy does not list, verify the audit log; then
+the metering ingestion: the secure KVS, an attested authenticator and an
+aggregator, `--meters` simulated meters for `--days` days, the counts, and one
+stored reading checked against its signed batch as a regulator would; stop
+everything.
 """
 
 import shutil
@@ -68,9 +71,12 @@ def demo(
     keep: Annotated[
         bool, typer.Option(help="Keep the demo's data directory for inspection.")
     ] = False,
+    meters: Annotated[int, typer.Option(help="Simulated meters.", min=1, max=64000)] = 2000,
+    days: Annotated[int, typer.Option(help="Simulated days of 15-minute reports.", min=1)] = 7,
 ) -> None:
     """Run LAS and CAS, apply a policy and start an attested service that receives a
-    generated secret, a TLS certificate and injected files; then clean up."""
+    generated secret, a TLS certificate and injected files; then run meters through the
+    aggregator and the attested authenticator into the secure KVS; then clean up."""
     from securecloud.crypto import load_public_key_pem
     from securecloud.infra.cas.audit import verify_log
     from securecloud.infra.cas.client import CasClient
@@ -152,8 +158,10 @@ def demo(
         key = load_public_key_pem((data_dir / "cas" / "audit.pub").read_bytes())
         head = verify_log(data_dir / "cas" / "audit.log", key)
         console.print(f"   {head.seq} entries verify; head {head.hash[:32]}…")
+
+        _ingest(supervisor, data_dir, las.url, cas.url, meters, days)
     finally:
-        _step(8, "Stop the platform and clean up")
+        _step(12, "Stop the platform and clean up")
         stopped = supervisor.stop_all()
         console.print(f"   stopped {', '.join(stopped) or 'nothing'}")
         if keep:
@@ -161,3 +169,90 @@ def demo(
         else:
             shutil.rmtree(data_dir, ignore_errors=True)
     console.print(f"\n[bold green]demo finished in {time.monotonic() - started:.1f} s[/]")
+
+
+def _ingest(supervisor, data_dir: Path, las_url: str, cas_url: str, meters: int, days: int) -> None:
+    """Steps 8-11: the metering pipeline from meters to signed readings in the KVS."""
+    import json
+
+    from securecloud.apps.metering import store
+    from securecloud.apps.metering.fleet import provision
+    from securecloud.apps.metering.registry import BUCKET, KEY, Registry
+    from securecloud.cli.ingest import _call
+    from securecloud.cli.kvs import _client
+    from securecloud.cli.meters import run_fleet
+    from securecloud.crypto import load_public_key_pem
+    from securecloud.infra.supervisor import IngestPorts, free_port
+
+    _step(8, "Start the secure KVS and the ingestion: an attested authenticator, an aggregator")
+    kvs = supervisor.start_kvs(free_port(), cas_url, las_url)
+    ports = IngestPorts(free_port(), free_port(), free_port(), free_port())
+    auth, _aggregator = supervisor.start_ingest(ports, cas_url, las_url, kvs.url)
+    console.print(f"   KVS gateway {kvs.url}: 9 storage nodes that see only ciphertext")
+    console.print(
+        f"   authenticator {auth.url}: attested; its P-256 key, the regulator-registered "
+        "signing key and a KVS API key came from CAS"
+    )
+    console.print(f"   aggregator 127.0.0.1:{ports.aggregator}: untrusted, never decrypts")
+
+    _step(9, f"Provision {meters:,} meters: P-256 keys, registered with the platform")
+    point = bytes.fromhex(
+        json.loads((data_dir / "metering" / "authenticator.json").read_text())["public_key"]
+    )
+    _fleet, records = provision(data_dir / "meters", meters, point)
+    with _client(data_dir, kvs.url) as client:
+        client.put(BUCKET, KEY, Registry({r.meter_id: r for r in records}).to_json())
+    kinds = ", ".join(sorted({r.meter_class for r in records}))
+    console.print(f"   registry in the KVS: {len(records):,} meters (supply classes {kinds})")
+
+    _step(10, f"Run them for {days} simulated days (BDEW profiles, faults, 15-minute reports)")
+    config = {
+        "targets": [f"127.0.0.1:{ports.aggregator}"],
+        "start": "2026-03-02",
+        "days": days,
+        "speedup": 0.0,
+        "window": 16,
+        "timeout": 60.0,
+    }
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("   reports acknowledged", total=meters * 96 * days)
+        summary = run_fleet(
+            data_dir / "meters", meters, config, None, lambda n: bar.update(task, completed=n)
+        )
+    acked = summary["acked"]
+    console.print(
+        f"   {summary['sent']:,} encrypted frames sent, {acked.get('stored', 0):,} stored, "
+        f"{acked.get('duplicate', 0):,} duplicates acknowledged, "
+        f"{acked.get('quarantined', 0):,} quarantined; "
+        f"{summary['readings_per_s']:,.0f} reports/s"
+    )
+
+    _step(11, "The authenticator's counts, and one reading checked as the regulator would")
+    url = auth.url
+    _call(data_dir, url, "POST", "/v1/flush")
+    status = _call(data_dir, url, "GET", "/v1/status")
+    console.print(
+        f"   accepted {status['accepted']:,}  duplicates {status['duplicates']:,}  "
+        f"missing {status['missing']:,}  quarantined {status['quarantined']:,} "
+        f"{status['quarantined_by_reason'] or ''}  refused {status['rejected_by_reason'] or 0}"
+    )
+    console.print(
+        f"   {status['batches']:,} signed batches and {status['segments']:,} segments in the KVS; "
+        f"{summary['lost_by_fault']:,} reports lost by meters (offline with a lost buffer)"
+    )
+    regulator = json.loads((data_dir / "metering" / "regulator.json").read_text())
+    key = load_public_key_pem(regulator["signing_keys"][0].encode())
+    with _client(data_dir, kvs.url) as client:
+        segment = client.list(store.BUCKET, "readings/", "", 1)[0]["key"]
+        record = next(store.decode_segment(client.get(store.BUCKET, segment)))
+        header, _ = store.decode_batch(
+            client.get(store.BUCKET, store.batch_key(status["authenticator"], record.batch_seq))
+        )
+    store.verify_stored(record, header, key)
+    console.print(
+        f"   meter {record.meter_id}, report {int.from_bytes(record.report[:4], 'big')}: "
+        f"inclusion proof ({len(record.proof)} hashes) to batch {record.batch_seq}'s root, "
+        "[green]signature valid under the regulator-registered key[/]"
+    )

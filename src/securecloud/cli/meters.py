@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -142,7 +143,13 @@ def simulate(
         "p_offline": p_offline,
         "p_duplicate": p_duplicate,
     }
-    summary = run_fleet(fleet.directory, count, config, processes)
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("reports acknowledged", total=count * 96 * days)
+        summary = run_fleet(
+            fleet.directory, count, config, processes, lambda n: bar.update(task, completed=n)
+        )
     console.print(
         f"{summary['meters']:,} meters, {summary['sent']:,} frames sent, "
         f"{summary['acked'].get('stored', 0):,} stored, "
@@ -155,8 +162,15 @@ def simulate(
         out.write_text(json.dumps(summary, indent=2))
 
 
-def run_fleet(directory: Path, count: int, config: dict, processes: int | None = None) -> dict:
-    """Run meters 1..count in processes of at most METERS_PER_PROCESS; merged summary."""
+def run_fleet(
+    directory: Path,
+    count: int,
+    config: dict,
+    processes: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Run meters 1..count in processes of at most METERS_PER_PROCESS; merged summary.
+    `progress(acknowledged reports so far)` is called about twice a second."""
     from securecloud.apps.metering.simulator import run_shard
 
     n = processes or -(-count // METERS_PER_PROCESS)
@@ -165,14 +179,20 @@ def run_fleet(directory: Path, count: int, config: dict, processes: int | None =
     with tempfile.TemporaryDirectory() as tmp:
         outs = [Path(tmp) / f"shard-{i}.json" for i in range(n)]
         started = time.perf_counter()
+        counters = [context.Value("q", 0) for _ in bounds]
         workers = [
             context.Process(
-                target=run_shard, args=(str(directory), a, b, config, f"s{i}", str(outs[i]))
+                target=run_shard,
+                args=(str(directory), a, b, config, f"s{i}", str(outs[i]), counters[i]),
             )
             for i, (a, b) in enumerate(bounds)
         ]
         for w in workers:
             w.start()
+        while any(w.is_alive() for w in workers):
+            if progress is not None:
+                progress(sum(c.value for c in counters))
+            time.sleep(0.5)
         for w in workers:
             w.join()
         elapsed = time.perf_counter() - started

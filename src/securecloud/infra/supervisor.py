@@ -176,24 +176,30 @@ class Supervisor:
                     )
                 )
             if kvs_port is not None:
-                kvs_args = ["kvs", "serve", "--data-dir", data, "--port", str(kvs_port)]
-                started.append(
-                    self.start(
-                        "kvs",
-                        [*kvs_args, "--cas", cas_url, "--las", las_url],
-                        f"https://127.0.0.1:{kvs_port}",
-                        ca=self.data_dir / "kvs" / "ca.crt",
-                        timeout=60,
-                    )
-                )
+                started.append(self.start_kvs(kvs_port, cas_url, las_url))
             if ingest is not None and kvs_port is not None:
-                started += self._ingest(ingest, cas_url, las_url, f"https://127.0.0.1:{kvs_port}")
+                started += self.start_ingest(
+                    ingest, cas_url, las_url, f"https://127.0.0.1:{kvs_port}"
+                )
         except SupervisorError:
             self.stop_all()
             raise
         return started
 
-    def _ingest(self, ports: IngestPorts, cas_url: str, las_url: str, kvs_url: str) -> list:
+    def start_kvs(self, port: int, cas_url: str, las_url: str) -> Running:
+        args = ["kvs", "serve", "--data-dir", str(self.data_dir), "--port", str(port)]
+        return self.start(
+            "kvs",
+            [*args, "--cas", cas_url, "--las", las_url],
+            f"https://127.0.0.1:{port}",
+            ca=self.data_dir / "kvs" / "ca.crt",
+            timeout=60,
+        )
+
+    def start_ingest(
+        self, ports: IngestPorts, cas_url: str, las_url: str, kvs_url: str
+    ) -> list[Running]:
+        """The attested authenticator, then one aggregator linked to it."""
         data = str(self.data_dir)
         auth_args = ["ingest", "authenticator", "serve", "--data-dir", data]
         auth_args += ["--port", str(ports.link), "--api-port", str(ports.api)]

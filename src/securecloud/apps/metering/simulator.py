@@ -374,8 +374,11 @@ def expand(ranges: list[int]) -> set[int]:
     return {v for a, b in zip(ranges[::2], ranges[1::2], strict=True) for v in range(a, b + 1)}
 
 
-def run_shard(directory: str, first: int, last: int, config: dict, name: str, out: str) -> None:
-    """Entry point of one simulator process; writes its ShardResult as JSON to `out`."""
+def run_shard(
+    directory: str, first: int, last: int, config: dict, name: str, out: str, acked=None
+) -> None:
+    """Entry point of one simulator process; writes its ShardResult as JSON to `out`.
+    `acked` (a shared integer, optional) follows the acknowledged reports every second."""
     try:
         import uvloop
 
@@ -390,7 +393,13 @@ def run_shard(directory: str, first: int, last: int, config: dict, name: str, ou
         }
     )
     shard = Shard(Fleet.load(Path(directory)), range(first, last + 1), cfg, name)
-    result = asyncio.run(shard.run())
+
+    def progress(result: ShardResult) -> None:
+        if acked is not None:
+            acked.value = sum(result.acked.values())
+
+    result = asyncio.run(shard.run(progress))
+    progress(result)
     doc = asdict(result)
     doc["acked"] = dict(result.acked)
     doc["nacks"] = dict(result.nacks)

@@ -38,7 +38,7 @@ from functools import lru_cache
 
 from securecloud.apps.metering.reading import INTERVAL_S
 from securecloud.apps.metering.reading import SIZE as REPORT_SIZE
-from securecloud.crypto import canonical
+from securecloud.crypto import canonical, leaf_hash, verify, verify_inclusion
 
 BUCKET = "metering"
 GROUP_SIZE = 1024
@@ -135,3 +135,18 @@ def decode_segment(data: bytes) -> Iterator[StoredReading]:
         proof = tuple(data[pos + 32 * i : pos + 32 * i + 32] for i in range(n))
         pos += 32 * n
         yield StoredReading(meter, report, seq, index, proof)
+
+
+def verify_stored(record: StoredReading, header: dict, public_key) -> None:
+    """Check a stored reading against its batch: the batch's signature under the
+    regulator-registered key, then the reading's inclusion proof to the signed root.
+    Raises SignatureError or ProofError."""
+    verify(public_key, batch_statement(header), bytes.fromhex(header["signature"]))
+    leaf = record.meter_id.to_bytes(4, "big") + record.report
+    verify_inclusion(
+        leaf_hash(leaf),
+        record.leaf_index,
+        header["size"],
+        record.proof,
+        bytes.fromhex(header["root"]),
+    )
