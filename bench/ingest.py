@@ -93,14 +93,13 @@ def main() -> None:
     p.add_argument(
         "--window",
         type=int,
-        help="frames in flight per meter (default: 16 up to 4,000 meters, fewer above, "
-        "so that about 64,000 frames are in flight)",
+        help="frames in flight per meter (default: 64,000 / meters, between 4 and 16)",
     )
     args = p.parse_args()
     meters = 4000 if args.quick else args.meters
     aggregators = -(-meters // METERS_PER_PROCESS)
     # In-flight frames wait in queues; too many and they time out and come again.
-    window = args.window or max(2, min(16, 64000 // meters))
+    window = args.window or max(4, min(16, 64000 // meters))
     limit = crypto_limit()
     print(f"crypto ceiling (one core): {limit:,.0f} reports/s", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
