@@ -111,3 +111,28 @@ def test_revoked_meter_is_refused_and_counted(ingest_platform, tmp_path):
         ).stdout
     )
     assert status["rejected_by_reason"].get("revoked-meter", 0) >= 1
+
+
+def test_disconnect_command_reaches_the_meter_and_its_next_day_reads_zero(
+    ingest_platform, tmp_path
+):
+    data_dir, _supervisor, ports = ingest_platform
+    url = f"https://127.0.0.1:{ports.api}"
+    cli(data_dir, "ingest", "command", "3", "disconnect", "--url", url)
+    bad = cli(data_dir, "ingest", "command", "3", "explode", "--url", url, check=False)
+    assert bad.returncode != 0 and "command" in bad.stdout + bad.stderr
+    cli(
+        data_dir, "meters", "simulate", "--count", "4", "--days", "2", "--start", "2026-03-10",
+        "--target", f"127.0.0.1:{ports.aggregator}", "--out", str(tmp_path / "s.json"),
+    )  # fmt: skip
+    assert json.loads((tmp_path / "s.json").read_text())["commands"] == {"disconnect": 1}
+    cli(data_dir, "ingest", "flush", "--url", url)
+    second_day: dict[int, list[Reading]] = {}
+    with _client(data_dir, None) as kvs:
+        for item in kvs.list(store.BUCKET, "readings/2026-03-11/", "", 1000):
+            for record in store.decode_segment(kvs.get(store.BUCKET, item["key"])):
+                second_day.setdefault(record.meter_id, []).append(Reading.decode(record.report))
+    assert second_day[3] and all(r.total_active == 0 and not r.flags & 1 for r in second_day[3])
+    assert (
+        all(r.flags & 1 for r in second_day[2]) and sum(r.total_active for r in second_day[2]) > 0
+    )

@@ -43,8 +43,10 @@ def platform(tmp_path_factory):
 
 def test_status_reports_healthy_services(platform):
     out = sc(platform, "status").stdout
-    assert out.count("healthy") == 4
-    assert all(name in out for name in ("las", "cas", "batch", "kvs"))
+    assert out.count("healthy") == 6
+    assert all(
+        name in out for name in ("las", "cas", "batch", "kvs", "authenticator", "aggregator")
+    )
 
 
 def test_up_twice_is_refused_clearly(platform):

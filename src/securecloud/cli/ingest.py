@@ -108,7 +108,7 @@ def authenticator_serve(
     api_port: Annotated[int, typer.Option(help="HTTPS port of the operator API.")] = 8084,
     flush_mb: Annotated[
         int, typer.Option(help="Write segments when accepted readings exceed this (MiB).", min=1)
-    ] = 64,
+    ] = 16,
     kvs_url: Annotated[str | None, typer.Option(help="KVS gateway URL.")] = None,
     cas: Annotated[str, typer.Option(help="CAS URL.")] = "https://127.0.0.1:8081",
     las: Annotated[str, typer.Option(help="LAS URL of this node.")] = "http://127.0.0.1:8080",

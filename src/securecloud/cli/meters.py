@@ -200,10 +200,11 @@ def run_fleet(
         if failed:
             raise RuntimeError(f"simulator processes {failed} failed")
         shards = [json.loads(p.read_text()) for p in outs]
-    summary = {"meters": count, "processes": n, "elapsed_s": elapsed, "acked": {}, "nacks": {}}
+    summary = {"meters": count, "processes": n, "elapsed_s": elapsed}
+    summary |= {"acked": {}, "nacks": {}, "commands": {}}
     for key in ("generated", "sent", "resent", "handshakes", "lost_by_fault", "connect_errors"):
         summary[key] = sum(s[key] for s in shards)
-    for key in ("acked", "nacks"):
+    for key in ("acked", "nacks", "commands"):
         for s in shards:
             for k, v in s[key].items():
                 summary[key][k] = summary[key].get(k, 0) + v

@@ -128,7 +128,7 @@ class Authenticator:
         signing_key,
         registry: Registry,
         storage: Storage,
-        flush_bytes: int = 24 << 20,
+        flush_bytes: int = 16 << 20,
     ):
         self.name = name
         self.key = key

@@ -36,7 +36,7 @@ class AuthenticatorDeployment:
     host: str = "127.0.0.1"
     port: int = 4810
     api_port: int = 8084
-    flush_mb: int = 24
+    flush_mb: int = 16
 
     @property
     def directory(self) -> Path:
@@ -79,7 +79,7 @@ class AuthenticatorDeployment:
                         {"path": "tls/auth.key", "content": "$$SC::auth_tls.key$$"},
                         {"path": "kvs.json", "content": json.dumps(kvs_doc)},
                     ],
-                    "heap_mb": 48,
+                    "heap_mb": 24,
                 }
             ],
             "secrets": [

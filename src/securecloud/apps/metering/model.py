@@ -146,7 +146,9 @@ def day_reports(
          phase_p, reactive, pf, thd], axis=2,
     )  # fmt: skip  # [k, n, 7]
     out["phases"][:, : 7 * n] = fields.reshape(k, 7 * n)
-    total_pf = np.where(power_w > 0, power_w / np.hypot(power_w, total_q), 1.0)
+    total_pf = np.divide(
+        power_w, np.hypot(power_w, total_q), out=np.ones_like(power_w), where=power_w > 0
+    )
     freq = 60.0 + 0.02 * rng.standard_normal(k)
     out["totals"] = np.stack([power_w, total_q, total_pf, freq, power_w], axis=1)
     out["energy"] = registers.astype(np.uint64)

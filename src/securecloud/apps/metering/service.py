@@ -43,7 +43,7 @@ from securecloud.runtime.manifest import builtin_service
 from securecloud.services.kvs.client import KvsClient
 
 MANIFEST = builtin_service(
-    "meter-authenticator", "securecloud.apps.metering.service:main", heap_mb=48
+    "meter-authenticator", "securecloud.apps.metering.service:main", heap_mb=24
 )
 LINK_PORT, API_PORT = 4810, 8084
 CHECKPOINT_S = 30.0
@@ -58,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=LINK_PORT, help="link port for aggregators")
     p.add_argument("--api-port", type=int, default=API_PORT)
-    p.add_argument("--flush-mb", type=int, default=24)
+    p.add_argument("--flush-mb", type=int, default=16)
     p.add_argument("--max-batch", type=int, default=4000)
     p.add_argument("--log-level", default="info")
     return p

@@ -36,6 +36,7 @@ from securecloud.apps.metering.fleet import Fleet
 from securecloud.apps.metering.meter import MeterProtocolError, MeterSession
 from securecloud.apps.metering.model import consumer_for, day_reports
 from securecloud.apps.metering.reading import INTERVAL_S, READINGS_PER_DAY
+from securecloud.crypto.errors import CryptoError
 from securecloud.runtime.durable import atomic_write
 
 LEASE = 1_000_000
@@ -64,6 +65,7 @@ class ShardResult:
     sent: int = 0
     acked: Counter = field(default_factory=Counter)  # by status
     nacks: Counter = field(default_factory=Counter)
+    commands: Counter = field(default_factory=Counter)  # load commands carried out
     resent: int = 0
     handshakes: int = 0
     lost_by_fault: int = 0
@@ -83,37 +85,49 @@ class SimMeter(asyncio.Protocol):
         self.transport = None
         self.buffer = bytearray()
         self.connected = False
-        self.day_index = 0
+        self.days_done = 0
+        self.queue_pos = 0
+        self.finished = False
         self.energy = float(self.rng.uniform(0, 5e6))
         self.acked: set[int] = set()
         self.load_on = True
         self.hello_sent = 0.0
 
     # -- readings -----------------------------------------------------------------
-    def generate_days(self, state: dict | None) -> None:
-        cfg = self.shard.config
-        counter = state["next_report"] if state else 1
+    def resume(self, state: dict | None) -> None:
+        """Continue the report counter and the energy register of an earlier run."""
+        self.next_report = state["next_report"] if state else 1
         self.energy = state["energy"] if state else self.energy
-        for d in range(cfg.days):
-            day = cfg.start + dt.timedelta(days=d)
-            reports, due, self.energy = day_reports(
-                self.consumer, day, counter, self.energy, self.rng, self.drift, self.load_on
-            )
-            counter += READINGS_PER_DAY
-            if self.rng.random() < cfg.p_offline:  # offline for 1-16 intervals
-                first = int(self.rng.integers(0, READINGS_PER_DAY))
-                last = min(READINGS_PER_DAY, first + int(self.rng.integers(1, 17)))
-                if self.rng.random() < cfg.p_buffer_lost:
-                    self.shard.result.lost_by_fault += last - first
-                    del reports[first:last], due[first:last]
-                else:
-                    due[first:last] = [due[last - 1] + INTERVAL_S] * (last - first)
-            for report, when in zip(reports, due, strict=True):
+
+    def next_day(self) -> bool:
+        """Queue the next simulated day's reports; False when all days are queued.
+        Days are made one at a time, so a load command changes the days after it."""
+        cfg = self.shard.config
+        if self.days_done >= cfg.days:
+            return False
+        day = cfg.start + dt.timedelta(days=self.days_done)
+        self.days_done += 1
+        reports, due, self.energy = day_reports(
+            self.consumer, day, self.next_report, self.energy, self.rng, self.drift, self.load_on
+        )
+        self.next_report += READINGS_PER_DAY
+        if self.rng.random() < cfg.p_offline:  # offline for 1-16 intervals
+            first = int(self.rng.integers(0, READINGS_PER_DAY))
+            last = min(READINGS_PER_DAY, first + int(self.rng.integers(1, 17)))
+            if self.rng.random() < cfg.p_buffer_lost:
+                self.shard.result.lost_by_fault += last - first
+                del reports[first:last], due[first:last]
+            else:
+                due[first:last] = [due[last - 1] + INTERVAL_S] * (last - first)
+        del self.queue[: self.queue_pos]  # what was sent and acknowledged
+        self.queue_pos = 0
+        before = len(self.queue)
+        for report, when in zip(reports, due, strict=True):
+            self.queue.append((report, when))
+            if self.rng.random() < cfg.p_duplicate:
                 self.queue.append((report, when))
-                if self.rng.random() < cfg.p_duplicate:
-                    self.queue.append((report, when))
-        self.shard.result.generated += len(self.queue)
-        self.next_report, self.queue_pos = counter, 0
+        self.shard.result.generated += len(self.queue) - before
+        return True
 
     # -- connection ---------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -145,7 +159,7 @@ class SimMeter(asyncio.Protocol):
         if isinstance(message, frames.Accept):
             try:
                 self.session.accept(message)
-            except (MeterProtocolError, Exception):
+            except (MeterProtocolError, CryptoError):
                 result.nacks["bad-accept"] += 1
                 return
             self._requeue_pending()
@@ -156,7 +170,7 @@ class SimMeter(asyncio.Protocol):
                 return
             try:
                 self.session.check_ack(message)
-            except Exception:
+            except (MeterProtocolError, CryptoError):
                 result.nacks["forged-ack"] += 1
                 return
             del self.pending[message.invocation]
@@ -171,6 +185,7 @@ class SimMeter(asyncio.Protocol):
                 return  # the connection is being closed; connection_lost resends
             if message.reason_name in GIVE_UP_ON:  # the platform will not take this meter
                 self.queue_pos = len(self.queue)
+                self.days_done = self.shard.config.days
                 self.pending.clear()
                 self.transport.close()
                 self.shard.done(self)
@@ -184,13 +199,13 @@ class SimMeter(asyncio.Protocol):
                 self.shard.later(self, 0.2)
         elif isinstance(message, frames.Command) and self.session.check_command(message):
             self.load_on = message.command == frames.CONNECT_LOAD
-            result.nacks[f"command-{'connect' if self.load_on else 'disconnect'}"] += 1
+            result.commands["connect" if self.load_on else "disconnect"] += 1
 
     def connection_lost(self, exc) -> None:
         self.connected = False
         self.transport = None
         self._requeue_pending()
-        if not self.shard.stopping and self.queue_pos < len(self.queue):
+        if not self.shard.stopping and not self.finished:
             self.shard.reconnect(self)
 
     def _requeue_pending(self) -> None:
@@ -209,7 +224,9 @@ class SimMeter(asyncio.Protocol):
             return
         now = time.monotonic()
         burst = []
-        while len(self.pending) < window and self.queue_pos < len(self.queue):
+        while len(self.pending) < window:
+            if self.queue_pos >= len(self.queue) and not self.next_day():
+                break
             report, due = self.queue[self.queue_pos]
             wait = self.shard.real_time(due) - now
             if wait > 0:
@@ -222,7 +239,8 @@ class SimMeter(asyncio.Protocol):
         if burst:
             self.transport.write(b"".join(burst))
             self.shard.result.sent += len(burst)
-        if self.queue_pos >= len(self.queue) and not self.pending:
+        all_queued = self.days_done >= self.shard.config.days
+        if all_queued and self.queue_pos >= len(self.queue) and not self.pending:
             self.shard.done(self)
 
     def check_timeouts(self, now: float) -> None:
@@ -268,9 +286,9 @@ class Shard:
         asyncio.get_running_loop().call_later(delay, meter.pump)
 
     def done(self, meter: SimMeter) -> None:
-        if getattr(meter, "_done", False):
+        if meter.finished:
             return
-        meter._done = True
+        meter.finished = True
         self._remaining -= 1
         if self._remaining == 0:
             self._finished.set()
@@ -323,7 +341,7 @@ class Shard:
             )
             host, _, port = targets[meter_id % len(targets)]
             meter = SimMeter(self, session, (host, int(port)))
-            meter.generate_days(previous)
+            meter.resume(previous)
             meters.append(meter)
         self._save_state(meters, final=False)  # lease the counters before using them
         self._remaining = len(meters)
@@ -403,4 +421,5 @@ def run_shard(
     doc = asdict(result)
     doc["acked"] = dict(result.acked)
     doc["nacks"] = dict(result.nacks)
+    doc["commands"] = dict(result.commands)  # asdict() mangles Counters
     Path(out).write_text(json.dumps(doc))
