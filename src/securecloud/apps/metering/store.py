@@ -15,10 +15,11 @@ with the regulator-registered key over the canonical statement
     {"type": "securecloud.metering.batch.v1", "authenticator", "seq", "size",
      "root" (hex), "created"}
 
-A group is 1,024 consecutive meter ids (meter_id // 1024): one object per
+A group is 4,096 consecutive meter ids (meter_id // 4096): one object per
 group and day per flush instead of one per meter and day, so a flush for
-65,000 meters writes about 64 objects, not 65,000 (the KVS's cost is per
-object as much as per byte), and billing reads a group at once. Segments
+65,000 meters writes 16 objects of about 1 MiB, not 65,000 small ones (the
+KVS's cost is per object as much as per byte: with groups of 1,024 the same
+run was 5 % slower), and billing reads a group at once. Segments
 may overlap after an authenticator restarts (the same reading in two
 segments); readers keep one reading per (meter, counter).
 
@@ -41,7 +42,7 @@ from securecloud.apps.metering.reading import SIZE as REPORT_SIZE
 from securecloud.crypto import canonical, leaf_hash, verify, verify_inclusion
 
 BUCKET = "metering"
-GROUP_SIZE = 1024
+GROUP_SIZE = 4096
 LEAF_SIZE = 4 + REPORT_SIZE
 _BATCH_MAGIC, _SEGMENT_MAGIC = b"SCMB1", b"SCMS1"
 _RECORD = struct.Struct(">IIIB")
