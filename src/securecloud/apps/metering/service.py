@@ -41,6 +41,7 @@ from securecloud.infra.web import (
 )
 from securecloud.runtime.manifest import builtin_service
 from securecloud.services.kvs.client import KvsClient
+from securecloud.services.kvs.errors import KvsError
 
 MANIFEST = builtin_service(
     "meter-authenticator", "securecloud.apps.metering.service:main", heap_mb=24
@@ -307,8 +308,10 @@ def _exists(kvs: KvsClient) -> bool:
     try:
         kvs.head(BUCKET, KEY)
         return True
-    except Exception:
-        return False
+    except KvsError as exc:
+        if exc.status == 404:
+            return False  # no meter provisioned yet
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover
