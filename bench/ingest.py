@@ -70,20 +70,6 @@ def crypto_limit(batch_size: int = 2000, rounds: int = 5) -> float:
     return best
 
 
-def stored_counters(data_dir: Path) -> dict[int, set[int]]:
-    found: dict[int, set[int]] = {}
-    with _client(data_dir, None) as kvs:
-        keys, start = [], ""
-        while batch := kvs.list(store.BUCKET, "readings/", start, 1000):
-            keys += [o["key"] for o in batch]
-            start = batch[-1]["key"]
-        for key in keys:
-            for record in store.decode_segment(kvs.get(store.BUCKET, key)):
-                counter = int.from_bytes(record.report[:4], "big")
-                found.setdefault(record.meter_id, set()).add(counter)
-    return found
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
@@ -146,7 +132,8 @@ def main() -> None:
                 check=True, capture_output=True, text=True,
             ).stdout  # fmt: skip
             started = time.perf_counter()
-            found = stored_counters(data_dir)
+            with _client(data_dir, None) as kvs:
+                found = store.stored_counters(kvs)
             verify_s = time.perf_counter() - started
         finally:
             supervisor.stop_all()

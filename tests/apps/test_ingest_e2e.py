@@ -39,19 +39,6 @@ def cli(data_dir, *args, check=True):
     return result
 
 
-def stored_counters(data_dir) -> dict[int, set[int]]:
-    found: dict[int, set[int]] = {}
-    with _client(data_dir, None) as kvs:
-        keys, start = [], ""
-        while batch := kvs.list(store.BUCKET, "readings/", start, 1000):
-            keys += [o["key"] for o in batch]
-            start = batch[-1]["key"]
-        for key in keys:
-            for record in store.decode_segment(kvs.get(store.BUCKET, key)):
-                found.setdefault(record.meter_id, set()).add(Reading.decode(record.report).counter)
-    return found
-
-
 def test_meters_to_kvs_with_an_authenticator_killed_mid_stream(ingest_platform, tmp_path):
     data_dir, supervisor, ports = ingest_platform
     cli(data_dir, "meters", "provision", "--count", "300")
@@ -81,7 +68,8 @@ def test_meters_to_kvs_with_an_authenticator_killed_mid_stream(ingest_platform, 
     summary = json.loads(summary_path.read_text())
     cli(data_dir, "ingest", "flush", "--url", auth_url)
     status = json.loads(cli(data_dir, "ingest", "status", "--json", "--url", auth_url).stdout)
-    found = stored_counters(data_dir)
+    with _client(data_dir, None) as kvs:
+        found = store.stored_counters(kvs)
     lost = sum(
         len(expand(ranges) - found.get(int(meter), set()))
         for meter, ranges in summary["acked_counters"].items()

@@ -151,3 +151,16 @@ def verify_stored(record: StoredReading, header: dict, public_key) -> None:
         record.proof,
         bytes.fromhex(header["root"]),
     )
+
+
+def stored_counters(storage, prefix: str = "readings/") -> dict[int, set[int]]:
+    """Every (meter, report counter) in the segments under `prefix`: what is in the KVS."""
+    found: dict[int, set[int]] = {}
+    keys, start = [], ""
+    while listed := storage.list(BUCKET, prefix, start, 1000):
+        keys += [item["key"] for item in listed]
+        start = listed[-1]["key"]
+    for key in keys:
+        for record in decode_segment(storage.get(BUCKET, key)):
+            found.setdefault(record.meter_id, set()).add(int.from_bytes(record.report[:4], "big"))
+    return found
