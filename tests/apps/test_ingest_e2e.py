@@ -50,13 +50,8 @@ def test_meters_to_kvs_with_an_authenticator_killed_mid_stream(ingest_platform, 
         record = next(r for r in supervisor.running() if r.name == "authenticator")
         os.killpg(record.pid, signal.SIGKILL)  # no flush, no checkpoint
         supervisor.stop("authenticator", grace=0)
-        args = ["ingest", "authenticator", "serve", "--data-dir", str(data_dir)]
-        args += ["--port", str(ports.link), "--api-port", str(ports.api)]
-        cas = next(r for r in supervisor.running() if r.name == "cas").url
-        las = next(r for r in supervisor.running() if r.name == "las").url
-        kvs = next(r for r in supervisor.running() if r.name == "kvs").url
-        args += ["--cas", cas, "--las", las, "--kvs-url", kvs]
-        supervisor.start("authenticator", args, auth_url, ca=data_dir / "metering" / "ca.crt")
+        urls = {r.name: r.url for r in supervisor.running()}
+        supervisor.start_authenticator(ports, urls["cas"], urls["las"], urls["kvs"])
 
     killer = threading.Thread(target=kill_and_restart)
     killer.start()

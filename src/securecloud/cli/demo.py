@@ -178,7 +178,7 @@ def _ingest(supervisor, data_dir: Path, las_url: str, cas_url: str, meters: int,
     from securecloud.apps.metering import store
     from securecloud.apps.metering.fleet import provision
     from securecloud.apps.metering.registry import BUCKET, KEY, Registry
-    from securecloud.cli.ingest import _call
+    from securecloud.cli.ingest import api
     from securecloud.cli.kvs import _client
     from securecloud.cli.meters import run_fleet
     from securecloud.crypto import load_public_key_pem
@@ -230,9 +230,9 @@ def _ingest(supervisor, data_dir: Path, las_url: str, cas_url: str, meters: int,
     )
 
     _step(11, "The authenticator's counts, and one reading checked as the regulator would")
-    url = auth.url
-    _call(data_dir, url, "POST", "/v1/flush")
-    status = _call(data_dir, url, "GET", "/v1/status")
+    with api(data_dir, auth.url) as client:
+        client.flush()
+        status = client.status()
     console.print(
         f"   accepted {status['accepted']:,}  duplicates {status['duplicates']:,}  "
         f"missing {status['missing']:,}  quarantined {status['quarantined']:,} "

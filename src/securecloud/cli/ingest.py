@@ -6,11 +6,9 @@ import asyncio
 import contextlib
 import json
 import signal
-import ssl
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import typer
 
 from securecloud.cli.common import (
@@ -155,39 +153,32 @@ def authenticator_serve(
     raise typer.Exit(process.wait())
 
 
-def _api(data_dir: Path, url: str | None) -> httpx.Client:
+def api(data_dir: Path, url: str | None = None):
+    """A client of the authenticator that `up` (or `ingest authenticator serve`) started."""
+    from securecloud.apps.metering.client import AuthenticatorClient
+
     directory = data_dir / "metering"
     creds, ca = directory / "credentials.json", directory / "ca.crt"
     if not creds.exists() or not ca.exists():
         fail(f"no authenticator credentials in {directory}: start one first")
-    token = json.loads(creds.read_text())["token"]
-    return httpx.Client(
-        base_url=url or service_url(data_dir, "authenticator", "https://127.0.0.1:8084"),
-        verify=ssl.create_default_context(cafile=str(ca)),
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=120,
+    return AuthenticatorClient(
+        url or service_url(data_dir, "authenticator", "https://127.0.0.1:8084"),
+        ca,
+        json.loads(creds.read_text())["token"],
     )
-
-
-def _call(data_dir: Path, url: str | None, method: str, path: str, **kw) -> dict:
-    with _api(data_dir, url) as client:
-        try:
-            response = client.request(method, path, **kw)
-        except httpx.HTTPError as exc:
-            fail(f"authenticator unreachable: {exc}")
-        if response.status_code >= 400:
-            fail(f"{response.status_code}: {response.json().get('detail', response.text)}")
-        return response.json()
 
 
 def reload_registry(data_dir: Path, url: str | None = None) -> bool:
     """Ask a running authenticator to reload the registry; False when none answers."""
+    from securecloud.apps.metering.client import AuthenticatorError
+
     if not (data_dir / "metering" / "credentials.json").exists():
         return False
     try:
-        with _api(data_dir, url) as client:
-            return client.post("/v1/registry/reload").status_code == 200
-    except httpx.HTTPError:
+        with api(data_dir, url) as client:
+            client.reload_registry()
+        return True
+    except AuthenticatorError:
         return False
 
 
@@ -203,7 +194,8 @@ def status(
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ) -> None:
     """Accepted, duplicate, missing and quarantined readings (by reason), in total or per meter."""
-    doc = _call(data_dir, url, "GET", "/v1/status", params={"meter": meter} if meter else None)
+    with api(data_dir, url) as client:
+        doc = client.status(meter)
     if as_json:
         print_json(doc)
         return
@@ -215,7 +207,8 @@ def status(
 @handle_errors
 def flush(url: ApiUrl = None, data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
     """Write the accepted readings held in memory as per-day segments now, and checkpoint."""
-    doc = _call(data_dir, url, "POST", "/v1/flush")
+    with api(data_dir, url) as client:
+        doc = client.flush()
     console.print(f"{doc['segments']} segments written; checkpoint at batch {doc['checkpoint']}")
 
 
@@ -228,5 +221,6 @@ def command(
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ) -> None:
     """Queue a load command; it reaches the meter with the acknowledgement of its next frame."""
-    doc = _call(data_dir, url, "POST", "/v1/commands", json={"meter": meter, "command": action})
+    with api(data_dir, url) as client:
+        doc = client.command(meter, action)
     console.print(f"{doc['command']} queued for meter {doc['meter']}")

@@ -26,16 +26,10 @@ def _kvs_admin(data_dir: Path):
 
 
 def _registry(client):
-    from securecloud.apps.metering.registry import BUCKET, KEY, Registry
-    from securecloud.services.kvs.errors import KvsError
+    from securecloud.apps.metering.registry import BUCKET, Registry
 
-    try:
-        return Registry.from_json(client.get(BUCKET, KEY))
-    except KvsError as exc:
-        if exc.status != 404:
-            raise
-        client.create_bucket(BUCKET)
-        return Registry()
+    client.create_bucket(BUCKET)  # idempotent: the first provisioning makes it
+    return Registry.load(client)
 
 
 @app.command()

@@ -196,21 +196,26 @@ class Supervisor:
             timeout=60,
         )
 
-    def start_ingest(
+    def start_authenticator(
         self, ports: IngestPorts, cas_url: str, las_url: str, kvs_url: str
-    ) -> list[Running]:
-        """The attested authenticator, then one aggregator linked to it."""
-        data = str(self.data_dir)
-        auth_args = ["ingest", "authenticator", "serve", "--data-dir", data]
-        auth_args += ["--port", str(ports.link), "--api-port", str(ports.api)]
-        auth_args += ["--cas", cas_url, "--las", las_url, "--kvs-url", kvs_url]
-        authenticator = self.start(
+    ) -> Running:
+        args = ["ingest", "authenticator", "serve", "--data-dir", str(self.data_dir)]
+        args += ["--port", str(ports.link), "--api-port", str(ports.api)]
+        args += ["--cas", cas_url, "--las", las_url, "--kvs-url", kvs_url]
+        return self.start(
             "authenticator",
-            auth_args,
+            args,
             f"https://127.0.0.1:{ports.api}",
             ca=self.data_dir / "metering" / "ca.crt",
             timeout=60,
         )
+
+    def start_ingest(
+        self, ports: IngestPorts, cas_url: str, las_url: str, kvs_url: str
+    ) -> list[Running]:
+        """The attested authenticator, then one aggregator linked to it."""
+        authenticator = self.start_authenticator(ports, cas_url, las_url, kvs_url)
+        data = str(self.data_dir)
         agg_args = ["ingest", "aggregator", "serve", "--data-dir", data]
         agg_args += [
             "--port",

@@ -179,9 +179,10 @@ class Authenticator:
         if state is not None:
             self._touch(out, meter_id)
             state.rejected += 1
-        invocation = int.from_bytes(frame[13:17], "big") if len(frame) >= 17 else 0
         out.replies[i].append(
-            frames.Nack(meter_id & 0xFFFFFFFF, invocation, frames.NACK_CODES[reason]).encode()
+            frames.Nack(
+                meter_id & 0xFFFFFFFF, frames.invocation_of(frame), frames.NACK_CODES[reason]
+            ).encode()
         )
 
     def _touch(self, out: Outcome, meter_id: int) -> MeterState:

@@ -185,7 +185,7 @@ class Ack:
     tag: bytes
 
     def authenticated_part(self) -> bytes:
-        return _ACK.pack(ACK, *self._fields()[:-1], bytes(16))[:-16]
+        return ack_fields(self.meter_id, self.session_id, self.invocation, self.report, self.status)
 
     def _fields(self) -> tuple:
         return (self.meter_id, self.session_id, self.invocation, self.report, self.status, self.tag)
@@ -272,6 +272,11 @@ def decode_downlink(frame: bytes) -> Accept | Ack | Nack | Command:
 def meter_id_of(frame: bytes) -> int | None:
     """The meter id field, without any check (for counting and routing only)."""
     return int.from_bytes(frame[1:5], "big") if len(frame) >= 5 else None
+
+
+def invocation_of(frame: bytes) -> int:
+    """A DATA frame's invocation counter, without any check (to name it in a NACK)."""
+    return int.from_bytes(frame[13:17], "big") if len(frame) >= 17 else 0
 
 
 def system_title(meter_id: int) -> bytes:

@@ -64,6 +64,16 @@ class Registry:
         return json.dumps({"version": 1, "meters": meters}, separators=(",", ":")).encode()
 
     @classmethod
+    def load(cls, storage) -> Registry:
+        """The registry held in the KVS; empty when no meter was provisioned yet."""
+        try:
+            return cls.from_json(storage.get(BUCKET, KEY))
+        except Exception as exc:
+            if getattr(exc, "status", None) != 404:
+                raise
+            return cls()
+
+    @classmethod
     def from_json(cls, data: bytes) -> Registry:
         doc = json.loads(data)
         return cls(

@@ -29,7 +29,7 @@ from pydantic import BaseModel
 
 from securecloud.apps.metering import frames, link
 from securecloud.apps.metering.authenticator import Authenticator, Outcome
-from securecloud.apps.metering.registry import BUCKET, KEY, Registry
+from securecloud.apps.metering.registry import BUCKET, Registry
 from securecloud.crypto import load_private_key_pem
 from securecloud.infra.web import (
     ServiceError,
@@ -41,7 +41,6 @@ from securecloud.infra.web import (
 )
 from securecloud.runtime.manifest import builtin_service
 from securecloud.services.kvs.client import KvsClient
-from securecloud.services.kvs.errors import KvsError
 
 MANIFEST = builtin_service(
     "meter-authenticator", "securecloud.apps.metering.service:main", heap_mb=24
@@ -103,7 +102,7 @@ class Runner:
         """A HELLO from a meter we do not know: perhaps it was provisioned since we loaded."""
         if time.monotonic() - self._registry_checked > 5:
             self._registry_checked = time.monotonic()
-            self.auth.registry = Registry.from_json(self.kvs.get(BUCKET, KEY))
+            self.auth.registry = Registry.load(self.kvs)
             log.info("registry reloaded: %d meters", len(self.auth.registry))
 
     async def run(self) -> None:
@@ -175,11 +174,7 @@ def _all_unavailable(entries) -> Outcome:
     code = frames.NACK_CODES["unavailable"]
     return Outcome(
         replies=[
-            [
-                frames.Nack(
-                    frames.meter_id_of(f) or 0, int.from_bytes(f[13:17], "big"), code
-                ).encode()
-            ]
+            [frames.Nack(frames.meter_id_of(f) or 0, frames.invocation_of(f), code).encode()]
             for _t, f in entries
         ]
     )
@@ -229,9 +224,7 @@ def create_app(runner: Runner, tls: TlsFiles, host: str, port: int, token: str):
     @app.post("/v1/registry/reload", dependencies=[Depends(authorized)])
     async def reload_registry() -> dict:
         async with runner.lock:
-            registry = await asyncio.to_thread(
-                lambda: Registry.from_json(runner.kvs.get(BUCKET, KEY))
-            )
+            registry = await asyncio.to_thread(Registry.load, runner.kvs)
             runner.auth.registry = registry
         return {"meters": len(registry)}
 
@@ -279,7 +272,7 @@ def main(argv: list[str]) -> int:
         kvs_doc["url"], Path("kvs-ca.crt").resolve(), kvs_doc["key_id"], kvs_doc["secret"]
     )
     kvs.create_bucket(BUCKET)  # idempotent: the tenant owns its bucket
-    registry = Registry.from_json(kvs.get(BUCKET, KEY)) if _exists(kvs) else Registry()
+    registry = Registry.load(kvs)
     auth = Authenticator(
         args.name,
         load_private_key_pem(Path("keys/authenticator.pem").read_bytes()),
@@ -302,16 +295,6 @@ def main(argv: list[str]) -> int:
     finally:
         kvs.close()
     return 0
-
-
-def _exists(kvs: KvsClient) -> bool:
-    try:
-        kvs.head(BUCKET, KEY)
-        return True
-    except KvsError as exc:
-        if exc.status == 404:
-            return False  # no meter provisioned yet
-        raise
 
 
 if __name__ == "__main__":  # pragma: no cover
