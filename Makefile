@@ -25,6 +25,7 @@ test-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v rclone >/dev/null || missing="$$missing rclone"; \
+	command -v nats-server >/dev/null || test -x /usr/sbin/nats-server || missing="$$missing nats-server"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing (tests run a real Redis and the rclone S3 client)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

@@ -15,12 +15,20 @@ authenticator process on this machine.
 
     python bench/ingest.py --out bench/results/ingest.json            # 65,000 meters
     python bench/ingest.py --quick --out /tmp/ingest-quick.json       # 4,000 meters
+    python bench/ingest.py --transport nats --out bench/results/ingest-nats.json
+
+`--transport nats` is the scale-out mode: the bench starts its own nats-server
+with JetStream, the aggregators publish to the partitioned stream and
+`--authenticators` attested authenticators (default 2) each consume their shard.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import write_results
 from securecloud.apps.metering import frames, store
 from securecloud.apps.metering.model import consumer_for, day_readings
-from securecloud.apps.metering.simulator import expand
+from securecloud.apps.metering.simulator import lost as simulated_lost
 from securecloud.cli.kvs import _client
 from securecloud.cli.meters import METERS_PER_PROCESS, run_fleet
 from securecloud.crypto import MerkleTree, generate_signing_key, sign, suite1
@@ -70,6 +78,45 @@ def crypto_limit(batch_size: int = 2000, rounds: int = 5) -> float:
     return best
 
 
+@contextlib.contextmanager
+def nats_server(directory: Path):
+    """Our own nats-server with JetStream on a free port, stopped afterwards."""
+    import socket
+
+    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    port = free_port()
+    directory.mkdir(parents=True)
+    process = subprocess.Popen(
+        [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(directory)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            time.sleep(0.05)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def merged(statuses: list[dict]) -> dict:
+    """The authenticators' counts added up."""
+    total: dict = {}
+    for status in statuses:
+        for key, value in status.items():
+            if isinstance(value, int):
+                total[key] = total.get(key, 0) + value
+            elif isinstance(value, dict):
+                into = total.setdefault(key, {})
+                for k, v in value.items():
+                    into[k] = into.get(k, 0) + v
+    return total
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
@@ -81,27 +128,48 @@ def main() -> None:
         type=int,
         help="frames in flight per meter (default: 64,000 / meters, between 4 and 16)",
     )
+    p.add_argument("--transport", choices=["tcp", "nats"], default="tcp")
+    p.add_argument("--authenticators", type=int, help="default 1 (tcp), 2 (nats)")
+    p.add_argument("--partitions", type=int, default=8, help="nats: meter partitions")
     args = p.parse_args()
+    nats_mode = args.transport == "nats"
+    authenticators = args.authenticators or (2 if nats_mode else 1)
+    if not nats_mode and authenticators != 1:
+        p.error("authenticators: the tcp transport here runs one authenticator")
     meters = 4000 if args.quick else args.meters
     aggregators = -(-meters // METERS_PER_PROCESS)
     # In-flight frames wait in queues; too many and they time out and come again.
     window = args.window or max(4, min(16, 64000 // meters))
     limit = crypto_limit()
     print(f"crypto ceiling (one core): {limit:,.0f} reports/s", flush=True)
-    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-ingest-"))
         data_dir = args.keep or Path(tmp)
         supervisor = Supervisor(data_dir)
-        ports = IngestPorts(free_port(), free_port(), free_port(), free_port())
+        ports = [IngestPorts(free_port(), free_port()) for _ in range(authenticators)]
         try:
-            supervisor.up(free_port(), free_port(), None, free_port(), ports)
-            targets = [f"127.0.0.1:{ports.aggregator}"]
-            for i in range(1, aggregators):
+            if nats_mode:
+                nats_url = stack.enter_context(nats_server(Path(tmp) / "nats"))
+                las, cas, kvs = supervisor.up(free_port(), free_port(), None, free_port())
+                for i, own in enumerate(ports):
+                    extra = ("--name", f"auth-{i}", "--shard", f"{i}/{authenticators}")
+                    extra += ("--nats", nats_url, "--partitions", str(args.partitions))
+                    supervisor.start_authenticator(
+                        own, cas.url, las.url, kvs.url, f"authenticator-{i}", extra
+                    )
+                route = ["--nats", nats_url, "--partitions", str(args.partitions)]
+            else:
+                supervisor.up(free_port(), free_port(), None, free_port())
+                urls = {r.name: r.url for r in supervisor.running()}
+                supervisor.start_authenticator(ports[0], urls["cas"], urls["las"], urls["kvs"])
+                route = ["--authenticator", f"127.0.0.1:{ports[0].link}"]
+            targets = []
+            for i in range(aggregators):
                 port, metrics = free_port(), free_port()
                 supervisor.start(
                     f"aggregator-{i}",
                     ["ingest", "aggregator", "serve", "--data-dir", str(data_dir), "--port",
-                     str(port), "--metrics-port", str(metrics), "--authenticator",
-                     f"127.0.0.1:{ports.link}"],
+                     str(port), "--metrics-port", str(metrics), *route],
                     f"http://127.0.0.1:{metrics}",
                 )  # fmt: skip
                 targets.append(f"127.0.0.1:{port}")
@@ -121,29 +189,32 @@ def main() -> None:
             }
             print(f"running {meters:,} meters through {aggregators} aggregator(s)", flush=True)
             summary = run_fleet(data_dir / "meters", meters, config)
-            auth_url = f"https://127.0.0.1:{ports.api}"
-            subprocess.run(
-                [*CLI, "ingest", "flush", "--url", auth_url, "--data-dir", str(data_dir)],
-                check=True,
-            )
-            status_args = ["ingest", "status", "--json", "--url", auth_url]
-            status = subprocess.run(
-                [*CLI, *status_args, "--data-dir", str(data_dir)],
-                check=True, capture_output=True, text=True,
-            ).stdout  # fmt: skip
+            statuses = []
+            for own in ports:
+                auth_url = f"https://127.0.0.1:{own.api}"
+                subprocess.run(
+                    [*CLI, "ingest", "flush", "--url", auth_url, "--data-dir", str(data_dir)],
+                    check=True,
+                )
+                status_args = ["ingest", "status", "--json", "--url", auth_url]
+                statuses.append(
+                    json.loads(
+                        subprocess.run(
+                            [*CLI, *status_args, "--data-dir", str(data_dir)],
+                            check=True,
+                            capture_output=True,
+                            text=True,
+                        ).stdout
+                    )
+                )
             started = time.perf_counter()
             with _client(data_dir, None) as kvs:
                 found = store.stored_counters(kvs)
             verify_s = time.perf_counter() - started
         finally:
             supervisor.stop_all()
-    import json
-
-    status_doc = json.loads(status)
-    lost = sum(
-        len(expand(ranges) - found.get(int(meter), set()))
-        for meter, ranges in summary["acked_counters"].items()
-    )
+    status_doc = merged(statuses)
+    lost = simulated_lost(summary, found)
     # Readings ingested: every distinct (meter, counter) found in the KVS, plus quarantined
     # ones. Counting "acknowledged as stored" instead would miss readings stored whose
     # first acknowledgement came too late: the meter sent them again and was told
@@ -152,6 +223,8 @@ def main() -> None:
     readings = stored_unique + status_doc["quarantined"]
     acked_first = summary["acked"].get("stored", 0) + summary["acked"].get("quarantined", 0)
     results = {
+        "transport": args.transport,
+        "authenticators": authenticators,
         "meters": meters,
         "days": 1,
         "aggregators": aggregators,
@@ -181,7 +254,8 @@ def main() -> None:
         (
             "meters",
             meters,
-            f"{aggregators} aggregator(s), {summary['processes']} simulator process(es)",
+            f"{aggregators} aggregator(s), {summary['processes']} simulator process(es), "
+            f"{authenticators} authenticator(s) over {args.transport}",
         ),
         ("readings", readings, "distinct readings in the KVS + quarantined, one simulated day"),
         ("readings_per_s", results["readings_per_s"], "target >= 20,000"),

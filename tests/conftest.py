@@ -91,3 +91,32 @@ def redis_url(tmp_path_factory):
     client.close()
     process.terminate()
     process.wait(timeout=10)
+
+
+@pytest.fixture
+def nats_url(tmp_path_factory):
+    """A real nats-server with JetStream of our own on a free port, fresh for each test
+    (`make test` installs it)."""
+    binary = shutil.which("nats-server") or (
+        "/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None
+    )
+    if binary is None:
+        pytest.fail("nats-server is not installed: run `make test`, which installs it")
+    port = free_port()
+    directory = tmp_path_factory.mktemp("nats")
+    process = subprocess.Popen(
+        [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(directory)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import socket
+
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"nats://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=10)

@@ -14,6 +14,7 @@ from securecloud.apps.metering import frames, store
 from securecloud.apps.metering.authenticator import Authenticator
 from securecloud.apps.metering.meter import MeterSession
 from securecloud.apps.metering.model import consumer_for, day_readings
+from securecloud.apps.metering.ownership import Ownership
 from securecloud.apps.metering.registry import MeterRecord, Registry
 from securecloud.crypto import ProofError, SignatureError, generate_signing_key, suite1
 from securecloud.crypto.agreement import public_bytes
@@ -120,6 +121,22 @@ def test_revoked_meter_and_wrong_meter_key_are_refused(rig):
     assert statuses(run(auth, [session.hello(0)]))[0].reason_name == "revoked-meter"
 
 
+def test_a_meter_of_another_shard_is_refused_even_when_routed_here(rig):
+    _auth, session, reports, storage, (auth_key, signing, registry) = rig
+    other = Authenticator(
+        "auth-o", auth_key, signing, registry, storage, ownership=Ownership(4, 1, 2)
+    )  # meter 7 is in partition 3, which shard 1/2 serves; shard 0/2 must refuse it
+    assert other.ownership.owns(7)
+    wrong = Authenticator(
+        "auth-w", auth_key, signing, registry, storage, ownership=Ownership(4, 0, 2)
+    )
+    before = dict(storage.objects)
+    replies = statuses(run(wrong, [session.hello(0), session.seal(reports[0].encode())[1]]))
+    assert [r.reason_name for r in replies] == ["not-owner", "not-owner"]
+    assert wrong.status()["rejected_by_reason"] == {"not-owner": 2}
+    assert storage.objects == before
+
+
 def test_implausible_reading_is_quarantined_with_its_reason_not_dropped(rig):
     auth, session, reports, storage, _ = rig
     bad = dataclasses.replace(reports[0], frequency=75.0)
@@ -164,6 +181,7 @@ def test_stored_reading_verifies_against_its_signed_batch_and_tampering_does_not
     key = next(k for k in storage.objects if k.startswith("readings/"))
     records = list(store.decode_segment(storage.objects[key]))
     header, _leaves = store.decode_batch(storage.objects[store.batch_key("auth-t", 1)])
+    assert store.segment_roots(storage.objects[key]) == {1: store.signed_root(header)}
     for record in records:
         store.verify_stored(record, header, signing.public_key())
     altered = dataclasses.replace(

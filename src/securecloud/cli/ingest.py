@@ -31,6 +31,15 @@ app.add_typer(aggregator_app, name="aggregator")
 app.add_typer(authenticator_app, name="authenticator")
 
 
+NatsUrl = Annotated[
+    str | None,
+    typer.Option(help="NATS URL: exchange batches through its JetStream stream (scale-out mode)."),
+]
+Partitions = Annotated[
+    int, typer.Option(help="Meter partitions (meter id mod P); the same on every process.", min=1)
+]
+
+
 @aggregator_app.command("serve")
 @handle_errors
 def aggregator_serve(
@@ -49,10 +58,14 @@ def aggregator_serve(
     ] = None,
     batch_frames: Annotated[int, typer.Option(help="Frames per batch at most.", min=1)] = 2000,
     batch_delay_ms: Annotated[float, typer.Option(help="Longest wait to fill a batch.")] = 5.0,
+    nats: NatsUrl = None,
+    partitions: Partitions = 1,
     data_dir: DataDir = DEFAULT_DATA_DIR,
     log_level: LogLevel = "info",
 ) -> None:
-    """Accept meter connections and forward their frames in batches; never decrypts."""
+    """Accept meter connections and forward their frames in batches; never decrypts.
+    Direct TLS links to --authenticator by default; with --nats, a JetStream stream
+    partitioned by meter that any number of authenticators consume."""
     import uvloop
 
     from securecloud.apps.metering.aggregator import Aggregator, AggregatorConfig
@@ -60,16 +73,23 @@ def aggregator_serve(
 
     configure_logging(log_level)
     ca_file = ca or data_dir / "metering" / "ca.crt"
-    if not ca_file.exists():
+    if not nats and not ca_file.exists():
         fail(f"ca: {ca_file} does not exist (start the authenticator first, or pass --ca)")
-    config = AggregatorConfig(
-        host,
-        port,
-        tuple(authenticator or ["127.0.0.1:4810"]),
-        str(ca_file),
-        batch_frames,
-        batch_delay_ms / 1000,
-    )
+    if nats and authenticator:
+        fail("authenticator: links and --nats exclude each other; choose one")
+    try:
+        config = AggregatorConfig(
+            host,
+            port,
+            tuple(authenticator or ["127.0.0.1:4810"]),
+            str(ca_file),
+            batch_frames,
+            batch_delay_ms / 1000,
+            nats=nats,
+            partitions=partitions,
+        )
+    except ValueError as exc:
+        fail(str(exc))
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -107,6 +127,14 @@ def authenticator_serve(
     flush_mb: Annotated[
         int, typer.Option(help="Write segments when accepted readings exceed this (MiB).", min=1)
     ] = 16,
+    nats: NatsUrl = None,
+    partitions: Partitions = 1,
+    shard: Annotated[
+        str,
+        typer.Option(
+            help="I/N: serve the partitions p with p mod N == I (one of N authenticators)."
+        ),
+    ] = "0/1",
     kvs_url: Annotated[str | None, typer.Option(help="KVS gateway URL.")] = None,
     cas: Annotated[str, typer.Option(help="CAS URL.")] = "https://127.0.0.1:8081",
     las: Annotated[str, typer.Option(help="LAS URL of this node.")] = "http://127.0.0.1:8080",
@@ -118,8 +146,15 @@ def authenticator_serve(
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ) -> None:
     """Write the `metering` CAS session, then run the authenticator as an attested service:
-    it gets its keys, TLS certificate, KVS API key and API token from CAS, or does not start."""
+    it gets its keys, TLS certificate, KVS API key and API token from CAS, or does not start.
+    Several authenticators (distinct --name, ports and --shard) share the session."""
     from securecloud.apps.metering.deploy import AuthenticatorDeployment
+    from securecloud.apps.metering.ownership import Ownership
+
+    try:
+        Ownership.parse(partitions, shard)
+    except ValueError as exc:
+        fail(str(exc))
     from securecloud.runtime.launcher import LaunchSpec, launch
 
     if not (data_dir / "kvs" / "ca.crt").exists():
@@ -136,6 +171,9 @@ def authenticator_serve(
         port,
         api_port,
         flush_mb,
+        nats,
+        partitions,
+        shard,
     )
     config_id = deployment.apply()
     spec = LaunchSpec(

@@ -197,13 +197,20 @@ class Supervisor:
         )
 
     def start_authenticator(
-        self, ports: IngestPorts, cas_url: str, las_url: str, kvs_url: str
+        self,
+        ports: IngestPorts,
+        cas_url: str,
+        las_url: str,
+        kvs_url: str,
+        name: str = "authenticator",
+        extra: tuple[str, ...] = (),
     ) -> Running:
+        """`extra`: more `ingest authenticator serve` options (--name, --nats, --shard)."""
         args = ["ingest", "authenticator", "serve", "--data-dir", str(self.data_dir)]
         args += ["--port", str(ports.link), "--api-port", str(ports.api)]
-        args += ["--cas", cas_url, "--las", las_url, "--kvs-url", kvs_url]
+        args += ["--cas", cas_url, "--las", las_url, "--kvs-url", kvs_url, *extra]
         return self.start(
-            "authenticator",
+            name,
             args,
             f"https://127.0.0.1:{ports.api}",
             ca=self.data_dir / "metering" / "ca.crt",

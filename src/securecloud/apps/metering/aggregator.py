@@ -6,7 +6,9 @@ connection is closed, since the frame boundaries can no longer be trusted),
 sends frames in batches (up to `batch_frames`, or after `batch_delay` s) to the
 authenticator that owns the meter (meter id modulo the number of
 authenticators, so a meter's counters live in one place) and routes every
-reply back to the connection it belongs to. Counts by reason are Prometheus
+reply back to the connection it belongs to. With `nats` set it publishes the
+same batches to the JetStream subject of the meter's partition instead and
+takes the replies from its own reply subject (jetstream.py). Counts by reason are Prometheus
 metrics.
 """
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from prometheus_client import Counter, Gauge
 
 from securecloud.apps.metering import frames, link
+from securecloud.apps.metering.jetstream import MAX_MESSAGE_BYTES, Publisher
 
 log = logging.getLogger("securecloud.metering.aggregator")
 FRAMES = Counter("securecloud_aggregator_frames_total", "Uplink frames forwarded")
@@ -39,6 +42,17 @@ class AggregatorConfig:
     batch_frames: int = 2000
     batch_delay: float = 0.005
     backlog: int = 4096
+    nats: str | None = None  # the scale-out mode: publish to JetStream instead of links
+    partitions: int = 1
+
+    def __post_init__(self) -> None:
+        if self.nats and self.batch_frames * (4 + frames.UPLINK_SIZE) + 8 > MAX_MESSAGE_BYTES:
+            raise ValueError(
+                f"batch_frames: {self.batch_frames} frames exceed a NATS message "
+                f"({MAX_MESSAGE_BYTES} bytes); at most {MAX_MESSAGE_BYTES // 262 - 1}"
+            )
+        if self.partitions < 1:
+            raise ValueError(f"partitions: {self.partitions} is not a positive count")
 
 
 class MeterConnection(asyncio.Protocol):
@@ -81,15 +95,44 @@ class MeterConnection(asyncio.Protocol):
         CONNECTIONS.dec()
 
 
-class Upstream:
-    """One TLS link to one authenticator, with its pending batch."""
+class Batcher:
+    """Frames for one destination, sent when `batch_frames` are pending or after
+    `batch_delay` s."""
 
-    def __init__(self, aggregator: Aggregator, address: str):
-        self.aggregator, self.address = aggregator, address
+    def __init__(self, aggregator: Aggregator):
+        self.aggregator = aggregator
         self.pending: list[tuple[int, bytes]] = []
-        self.writer: asyncio.StreamWriter | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.batch_ids = itertools.count(1)
+
+    def add(self, tag: int, frame: bytes) -> None:
+        self.pending.append((tag, frame))
+        if len(self.pending) >= self.aggregator.config.batch_frames:
+            self.send()
+        elif self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(
+                self.aggregator.config.batch_delay, self.send
+            )
+
+    def send(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.pending:
+            batch, self.pending = self.pending, []
+            self.emit(batch)
+
+    def emit(self, batch: list[tuple[int, bytes]]) -> None:
+        raise NotImplementedError
+
+
+class Upstream(Batcher):
+    """One TLS link to one authenticator."""
+
+    def __init__(self, aggregator: Aggregator, address: str):
+        super().__init__(aggregator)
+        self.address = address
+        self.writer: asyncio.StreamWriter | None = None
         self.connected = asyncio.Event()
 
     async def run(self, context: ssl.SSLContext | None) -> None:
@@ -118,29 +161,30 @@ class Upstream:
                 writer.close()
             await asyncio.sleep(0.2)
 
-    def add(self, tag: int, frame: bytes) -> None:
-        self.pending.append((tag, frame))
-        if len(self.pending) >= self.aggregator.config.batch_frames:
-            self.send()
-        elif self.timer is None:
-            self.timer = asyncio.get_running_loop().call_later(
-                self.aggregator.config.batch_delay, self.send
-            )
-
-    def send(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if not self.pending:
-            return
+    def emit(self, batch: list[tuple[int, bytes]]) -> None:
         if self.writer is None:
             # No link: the meters will time out and send again; nothing was acknowledged.
-            REFUSED.labels("no-authenticator").inc(len(self.pending))
-            self.pending = []
+            REFUSED.labels("no-authenticator").inc(len(batch))
             return
-        FRAMES.inc(len(self.pending))
-        self.writer.write(link.encode(next(self.batch_ids), self.pending))
-        self.pending = []
+        FRAMES.inc(len(batch))
+        self.writer.write(link.encode(next(self.batch_ids), batch))
+
+
+class Partition(Batcher):
+    """One JetStream subject (the scale-out mode, jetstream.py)."""
+
+    def __init__(self, aggregator: Aggregator, partition: int):
+        super().__init__(aggregator)
+        self.partition = partition
+
+    def emit(self, batch: list[tuple[int, bytes]]) -> None:
+        FRAMES.inc(len(batch))
+        count = len(batch)
+        self.aggregator.publisher.publish(
+            self.partition,
+            link.encode(next(self.batch_ids), batch),
+            lambda reason: REFUSED.labels(reason).inc(count),
+        )
 
 
 class Aggregator:
@@ -148,7 +192,12 @@ class Aggregator:
         self.config = config
         self.connections: dict[int, MeterConnection] = {}
         self._tags = itertools.count(1)
-        self.upstreams = [Upstream(self, a) for a in config.authenticators]
+        self.publisher: Publisher | None = None
+        if config.nats:
+            self.publisher = Publisher(config.nats, config.partitions, self.route)
+            self.upstreams: list[Batcher] = [Partition(self, p) for p in range(config.partitions)]
+        else:
+            self.upstreams = [Upstream(self, a) for a in config.authenticators]
 
     def register(self, connection: MeterConnection) -> int:
         tag = next(self._tags) & 0xFFFFFFFF
@@ -177,7 +226,11 @@ class Aggregator:
         context = None
         if self.config.ca_file:
             context = ssl.create_default_context(cafile=self.config.ca_file)
-        tasks = [asyncio.create_task(u.run(context)) for u in self.upstreams]
+        if self.publisher is not None:
+            await self.publisher.start()
+            tasks = []
+        else:
+            tasks = [asyncio.create_task(u.run(context)) for u in self.upstreams]
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: MeterConnection(self),
@@ -197,3 +250,7 @@ class Aggregator:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if self.publisher is not None:
+                for upstream in self.upstreams:
+                    upstream.send()
+                await self.publisher.close()

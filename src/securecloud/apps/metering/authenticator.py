@@ -35,6 +35,7 @@ from typing import Protocol
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from securecloud.apps.metering import frames, store
+from securecloud.apps.metering.ownership import Ownership
 from securecloud.apps.metering.reading import Reading, implausible
 from securecloud.apps.metering.registry import Registry
 from securecloud.crypto import MerkleTree, sign, suite1
@@ -129,6 +130,7 @@ class Authenticator:
         registry: Registry,
         storage: Storage,
         flush_bytes: int = 16 << 20,
+        ownership: Ownership | None = None,
     ):
         self.name = name
         self.key = key
@@ -136,6 +138,7 @@ class Authenticator:
         self.registry = registry
         self.storage = storage
         self.flush_bytes = flush_bytes
+        self.ownership = ownership or Ownership()
         self.meters: dict[int, MeterState] = {}
         self.seq = 0  # last batch written
         self.checkpoint_seq = 0  # every batch <= this is in segments
@@ -145,6 +148,7 @@ class Authenticator:
         self._statics: dict[int, bytes] = {}
         self._sessions: dict[tuple[int, bytes], suite1.SessionKeys] = {}
         self._table: dict[tuple, list[bytes]] = defaultdict(list)
+        self._roots: dict[int, dict] = {}  # seq -> signed root, until its readings are written
         self._table_bytes = 0
 
     # -- keys ------------------------------------------------------------------------
@@ -195,6 +199,8 @@ class Authenticator:
 
     def _one(self, i: int, frame: bytes, now: int, out: Outcome) -> None:
         message = frames.decode_uplink(frame)
+        if not self.ownership.owns(message.meter_id):
+            raise frames.FrameError("not-owner", f"meter {message.meter_id} is another's")
         record = self.registry.get(message.meter_id)
         if record is None:
             raise frames.FrameError("unknown-meter", f"meter {message.meter_id}")
@@ -356,9 +362,11 @@ class Authenticator:
             store.BUCKET, store.batch_key(self.name, seq), store.encode_batch(header, out.leaves)
         )
         self.seq = seq
-        self._remember(seq, tree, out.leaves)
+        self._remember(header, tree, out.leaves)
 
-    def _remember(self, seq: int, tree: MerkleTree, leaves: list[bytes]) -> None:
+    def _remember(self, header: dict, tree: MerkleTree, leaves: list[bytes]) -> None:
+        seq = header["seq"]
+        self._roots[seq] = store.signed_root(header)
         proofs = tree.all_inclusion_proofs()
         for index, leaf in enumerate(leaves):
             meter_id = int.from_bytes(leaf[:4], "big")
@@ -389,10 +397,13 @@ class Authenticator:
         caller must `reattach` the table (its readings are safe in the batches)."""
         items = sorted(detached.table.items())
 
+        roots = self._roots
+
         def put(item) -> None:
             (day, group), records = item
             key = store.segment_key(day, group, self.name, detached.seq)
-            data = store.encode_segment(records)
+            cited = {store.record_seq(r) for r in records}
+            data = store.encode_segment(records, [roots[s] for s in cited])
             for attempt in range(attempts):
                 try:
                     self.storage.put(store.BUCKET, key, data)
@@ -405,6 +416,10 @@ class Authenticator:
 
         with ThreadPoolExecutor(parallel) as pool:
             list(pool.map(put, items))
+        # Roots of batches now all in segments are not needed again (the table
+        # being filled holds only later batches). list() copies atomically.
+        for seq in [s for s in list(roots) if s <= detached.seq]:
+            roots.pop(seq, None)
         if detached.state is not None:
             self.storage.put(store.BUCKET, store.state_key(self.name), detached.state)
             self.checkpoint_seq = max(self.checkpoint_seq, detached.seq)
@@ -484,7 +499,7 @@ class Authenticator:
             state = self.meters.setdefault(int(meter), MeterState())
             state.last_invocation = max(state.last_invocation, invocation)
         self.seq = header["seq"]
-        self._remember(header["seq"], MerkleTree.from_leaves(leaves), leaves)
+        self._remember(header, MerkleTree.from_leaves(leaves), leaves)
 
     # -- status ----------------------------------------------------------------------
     def status(self, meter_id: int | None = None) -> dict:

@@ -6,7 +6,8 @@ with), the regulator-registered signing key (its public half is written to
 <data dir>/metering/regulator.json: the registration the regulator verifies
 batch roots and bills with), a TLS certificate from the session's CA, the KVS
 API key exported by the `kvs` session, and the operator API token (kept in
-<data dir>/metering/credentials.json, 0600).
+<data dir>/metering/credentials.json, 0600). Several authenticators (names,
+ports, shards) are services of the one session: each keeps the others' entries.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class AuthenticatorDeployment:
     port: int = 4810
     api_port: int = 8084
     flush_mb: int = 16
+    nats: str | None = None
+    partitions: int = 1
+    shard: str = "0/1"
 
     @property
     def directory(self) -> Path:
@@ -49,7 +53,9 @@ class AuthenticatorDeployment:
             atomic_write(path, json.dumps({"token": secrets.token_urlsafe(32)}).encode())
         return json.loads(path.read_text())
 
-    def policy(self) -> dict:
+    def policy(self, others: list[dict] = ()) -> dict:
+        """The session with this authenticator; `others`: the other authenticators'
+        service entries, kept as they are."""
         kvs_ca = (self.data_dir / "kvs" / "ca.crt").read_text()
         kvs_doc = {
             "url": self.kvs_url,
@@ -63,10 +69,15 @@ class AuthenticatorDeployment:
             "--port", str(self.port),
             "--api-port", str(self.api_port),
             "--flush-mb", str(self.flush_mb),
+            "--partitions", str(self.partitions),
+            "--shard", self.shard,
         ]  # fmt: skip
+        if self.nats:
+            command += ["--nats", self.nats]
         return {
             "name": SESSION,
             "services": [
+                *others,
                 {
                     "name": self.name,
                     "mrenclaves": [measure(load_manifest("meter-authenticator"))],
@@ -80,7 +91,7 @@ class AuthenticatorDeployment:
                         {"path": "kvs.json", "content": json.dumps(kvs_doc)},
                     ],
                     "heap_mb": 24,
-                }
+                },
             ],
             "secrets": [
                 # migrate: the keys survive policy updates (meters and the regulator hold
@@ -115,9 +126,17 @@ class AuthenticatorDeployment:
     def apply(self) -> str:
         """Write or update the session; save the public parts; return the config id."""
         from securecloud.infra.cas.client import apply_session, owner_client
+        from securecloud.infra.cas.errors import CasError
 
         with owner_client(self.cas_url, self.cas_ca, self.identity) as client:
-            apply_session(client, self.policy())
+            try:
+                current = client.show(SESSION)["policy"]["services"]
+            except CasError as exc:
+                if exc.reason != "no-such-session":
+                    raise
+                current = []
+            others = [s for s in current if s["name"] != self.name]
+            apply_session(client, self.policy(others))
             shown = client.show(SESSION)["secrets"]
         authenticator_pem = shown["authenticator_key"]["public_key"]
         point = public_bytes(load_public_key_pem(authenticator_pem.encode()))

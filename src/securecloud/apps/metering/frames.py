@@ -49,6 +49,7 @@ NACK_REASONS = {
     8: "replay",
     9: "malformed",
     10: "unavailable",
+    11: "not-owner",
 }
 NACK_CODES = {name: code for code, name in NACK_REASONS.items()}
 # Load commands

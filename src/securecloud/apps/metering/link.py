@@ -25,19 +25,35 @@ def encode(batch_id: int, entries: list[tuple[int, bytes]]) -> bytes:
     return _HEAD.pack(len(body) + 4, batch_id) + body
 
 
+def decode(message: bytes, frame_size: int) -> tuple[int, list[tuple[int, bytes]]]:
+    """One whole message (header included), as JetStream carries it."""
+    if len(message) < _HEAD.size:
+        raise ValueError(f"link message of {len(message)} bytes")
+    length, batch_id = _HEAD.unpack_from(message)
+    if length != len(message) - 4:
+        raise ValueError(f"link message says {length} bytes, has {len(message) - 4}")
+    return batch_id, _entries(length, memoryview(message)[_HEAD.size :], frame_size)
+
+
+def _entries(length: int, body, frame_size: int) -> list[tuple[int, bytes]]:
+    if length < 4 or length > MAX_MESSAGE or (length - 4) % (4 + frame_size):
+        raise ValueError(f"link message of {length} bytes")
+    step = 4 + frame_size
+    return [
+        (int.from_bytes(body[i : i + 4], "big"), bytes(body[i + 4 : i + step]))
+        for i in range(0, len(body), step)
+    ]
+
+
 async def read(
     reader: asyncio.StreamReader, frame_size: int
 ) -> tuple[int, list[tuple[int, bytes]]]:
     head = await reader.readexactly(_HEAD.size)
     length, batch_id = _HEAD.unpack(head)
-    if length < 4 or length > MAX_MESSAGE or (length - 4) % (4 + frame_size):
+    if length < 4 or length > MAX_MESSAGE:
         raise ValueError(f"link message of {length} bytes")
     body = await reader.readexactly(length - 4)
-    step = 4 + frame_size
-    return batch_id, [
-        (int.from_bytes(body[i : i + 4], "big"), body[i + 4 : i + step])
-        for i in range(0, len(body), step)
-    ]
+    return batch_id, _entries(length, body, frame_size)
 
 
 async def read_request(reader):
@@ -46,3 +62,11 @@ async def read_request(reader):
 
 async def read_response(reader):
     return await read(reader, DOWNLINK_SIZE)
+
+
+def decode_request(message: bytes):
+    return decode(message, UPLINK_SIZE)
+
+
+def decode_response(message: bytes):
+    return decode(message, DOWNLINK_SIZE)

@@ -4,7 +4,8 @@ CAS releases to it, after attestation: the authenticator key (P-256, whose
 public half is in every meter), the regulator-registered signing key, its TLS
 certificate and key, the KVS address with its API key, and the operator API
 token. Without them it exits 3. One event loop runs the TLS link server for
-aggregators and the HTTPS operator API (status, flush, load commands,
+aggregators, with --nats the JetStream consumer of its partitions (jetstream.py),
+and the HTTPS operator API (status, flush, load commands,
 /metrics, /healthz). SIGTERM: stop taking batches, flush the table to
 segments, checkpoint, exit; nothing acknowledged is lost.
 """
@@ -29,6 +30,8 @@ from pydantic import BaseModel
 
 from securecloud.apps.metering import frames, link
 from securecloud.apps.metering.authenticator import Authenticator, Outcome
+from securecloud.apps.metering.jetstream import Consumer
+from securecloud.apps.metering.ownership import Ownership
 from securecloud.apps.metering.registry import BUCKET, Registry
 from securecloud.crypto import load_private_key_pem
 from securecloud.infra.web import (
@@ -61,6 +64,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--flush-mb", type=int, default=16)
     p.add_argument("--max-batch", type=int, default=4000)
     p.add_argument("--log-level", default="info")
+    p.add_argument("--nats", default=None, help="also consume the JetStream stream at this URL")
+    p.add_argument("--partitions", type=int, default=1, help="meter partitions (mod P)")
+    p.add_argument("--shard", default="0/1", help="I/N: serve partitions p with p mod N == I")
     return p
 
 
@@ -180,7 +186,9 @@ def _all_unavailable(entries) -> Outcome:
     )
 
 
-def create_app(runner: Runner, tls: TlsFiles, host: str, port: int, token: str):
+def create_app(
+    runner: Runner, tls: TlsFiles, host: str, port: int, token: str, nats_url: str | None = None
+):
     state: dict = {}
 
     def authorized(authorization: Annotated[str, Header()] = "") -> None:
@@ -196,11 +204,17 @@ def create_app(runner: Runner, tls: TlsFiles, host: str, port: int, token: str):
         task = asyncio.create_task(runner.run())
         log.info("authenticator link on %s:%d", host, port)
         state["server"] = server
+        consumer = None
+        if nats_url:
+            consumer = Consumer(nats_url, runner.auth.ownership, runner.queue, runner.auth.name)
+            await consumer.start()
         try:
             yield
         finally:
             runner.stopping = True
             server.close()
+            if consumer is not None:
+                await consumer.stop()  # unacknowledged messages are delivered again
             async with runner.lock:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -266,6 +280,11 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 3
+    try:
+        ownership = Ownership.parse(args.partitions, args.shard)
+    except ValueError as exc:
+        print(f"meter-authenticator: {exc}", file=sys.stderr)
+        return 2
     kvs_doc = json.loads(Path("kvs.json").read_text())
     Path("kvs-ca.crt").write_text(kvs_doc["ca"])
     kvs = KvsClient(
@@ -280,6 +299,7 @@ def main(argv: list[str]) -> int:
         registry,
         kvs,
         flush_bytes=args.flush_mb << 20,
+        ownership=ownership,
     )
     replayed = auth.restore()
     log.info(
@@ -291,7 +311,8 @@ def main(argv: list[str]) -> int:
     tls = TlsFiles(Path("tls/auth.crt").read_bytes(), Path("tls/auth.key").read_bytes())
     runner = Runner(auth, kvs, args.max_batch)
     try:
-        serve(create_app(runner, tls, args.host, args.port, token), args.host, args.api_port, tls)
+        app = create_app(runner, tls, args.host, args.port, token, args.nats)
+        serve(app, args.host, args.api_port, tls)
     finally:
         kvs.close()
     return 0

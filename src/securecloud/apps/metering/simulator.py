@@ -392,6 +392,15 @@ def expand(ranges: list[int]) -> set[int]:
     return {v for a, b in zip(ranges[::2], ranges[1::2], strict=True) for v in range(a, b + 1)}
 
 
+def lost(summary: dict, stored: dict[int, set[int]]) -> int:
+    """Reports the fleet saw acknowledged (`summary`) that are not in `stored`
+    (store.stored_counters): what the platform lost. Must be 0."""
+    return sum(
+        len(expand(ranges) - stored.get(int(meter), set()))
+        for meter, ranges in summary["acked_counters"].items()
+    )
+
+
 def run_shard(
     directory: str, first: int, last: int, config: dict, name: str, out: str, acked=None
 ) -> None:

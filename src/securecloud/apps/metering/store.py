@@ -24,9 +24,12 @@ may overlap after an authenticator restarts (the same reading in two
 segments); readers keep one reading per (meter, counter).
 
 Batch layout: b"SCMB1" | u32 header length | canonical JSON header | leaves.
-Segment layout: b"SCMS1" | records, each
+Segment layout: b"SCMS2" | u32 roots length | canonical JSON list of the signed
+roots of every batch its records cite | records, each
     meter u32 | batch seq u32 | leaf index u32 | proof length u8 | report (121) | proof (32 x n)
-plus the authenticator id in the key.
+plus the authenticator id in the key. A signed root is the batch statement's
+fields and the signature (about 250 bytes): with it a segment is enough to
+verify each of its readings, without fetching the batches (hundreds of KiB each).
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ from securecloud.crypto import canonical, leaf_hash, verify, verify_inclusion
 BUCKET = "metering"
 GROUP_SIZE = 4096
 LEAF_SIZE = 4 + REPORT_SIZE
-_BATCH_MAGIC, _SEGMENT_MAGIC = b"SCMB1", b"SCMS1"
+_BATCH_MAGIC, _SEGMENT_MAGIC = b"SCMB1", b"SCMS2"
+ROOT_FIELDS = ("authenticator", "seq", "size", "root", "created")
 _RECORD = struct.Struct(">IIIB")
 
 
@@ -80,10 +84,14 @@ _EPOCH = dt.date(1970, 1, 1)
 
 
 def batch_statement(header: dict) -> bytes:
-    fields = ("authenticator", "seq", "size", "root", "created")
     return canonical.encode(
-        {"type": "securecloud.metering.batch.v1", **{k: header[k] for k in fields}}
+        {"type": "securecloud.metering.batch.v1", **{k: header[k] for k in ROOT_FIELDS}}
     )
+
+
+def signed_root(header: dict) -> dict:
+    """What a verifier needs of a batch header: the signed fields and the signature."""
+    return {**{k: header[k] for k in ROOT_FIELDS}, "signature": header["signature"]}
 
 
 def encode_batch(header: dict, leaves: list[bytes]) -> bytes:
@@ -120,14 +128,27 @@ def encode_record(meter_id: int, seq: int, index: int, proof, report: bytes) -> 
     return b"".join((_RECORD.pack(meter_id, seq, index, len(proof)), report, *proof))
 
 
-def encode_segment(records: list[bytes]) -> bytes:
-    return b"".join([_SEGMENT_MAGIC, *records])
+def record_seq(record: bytes) -> int:
+    return int.from_bytes(record[4:8], "big")
+
+
+def encode_segment(records: list[bytes], roots: list[dict]) -> bytes:
+    head = canonical.encode(sorted(roots, key=lambda r: r["seq"]))
+    return b"".join([_SEGMENT_MAGIC, len(head).to_bytes(4, "big"), head, *records])
+
+
+def segment_roots(data: bytes) -> dict[int, dict]:
+    """The signed roots a segment carries, by batch seq."""
+    if data[:5] != _SEGMENT_MAGIC:
+        raise ValueError("not a metering segment")
+    n = int.from_bytes(data[5:9], "big")
+    return {root["seq"]: root for root in canonical.decode(data[9 : 9 + n])}
 
 
 def decode_segment(data: bytes) -> Iterator[StoredReading]:
     if data[:5] != _SEGMENT_MAGIC:
         raise ValueError("not a metering segment")
-    pos, end = 5, len(data)
+    pos, end = 9 + int.from_bytes(data[5:9], "big"), len(data)
     while pos < end:
         meter, seq, index, n = _RECORD.unpack_from(data, pos)
         pos += _RECORD.size
