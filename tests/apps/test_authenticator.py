@@ -179,9 +179,10 @@ def test_stored_reading_verifies_against_its_signed_batch_and_tampering_does_not
     run(auth, [session.seal(r.encode())[1] for r in reports[:5]])
     auth.flush()
     key = next(k for k in storage.objects if k.startswith("readings/"))
-    records = list(store.decode_segment(storage.objects[key]))
+    records = store.verify_segment(storage.objects[key], [signing.public_key()], proofs=True)
     header, _leaves = store.decode_batch(storage.objects[store.batch_key("auth-t", 1)])
     assert store.segment_roots(storage.objects[key]) == {1: store.signed_root(header)}
+    assert len(records) == 5
     for record in records:
         store.verify_stored(record, header, signing.public_key())
     altered = dataclasses.replace(
@@ -191,3 +192,9 @@ def test_stored_reading_verifies_against_its_signed_batch_and_tampering_does_not
         store.verify_stored(altered, header, signing.public_key())
     with pytest.raises(SignatureError):
         store.verify_stored(records[0], header, generate_signing_key("p256").public_key())
+    segment = bytearray(storage.objects[key])
+    segment[-3] ^= 1  # a reading's value changed in the stored segment
+    with pytest.raises(ProofError):
+        store.verify_segment(bytes(segment), [signing.public_key()])
+    with pytest.raises(SignatureError):
+        store.verify_segment(storage.objects[key], [generate_signing_key("p256").public_key()])

@@ -4,7 +4,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securecloud.crypto import MerkleTree, ProofError, verify_consistency, verify_inclusion
+from securecloud.crypto import (
+    MerkleTree,
+    ProofError,
+    RangeProof,
+    verify_consistency,
+    verify_inclusion,
+)
 from securecloud.crypto.merkle import leaf_hash, node_hash
 
 
@@ -80,9 +86,25 @@ def test_every_consistency_proof_verifies_and_forks_do_not(leaves, data):
             verify_consistency(old, new, forked.root(old), tree.root(new), proof)
 
 
-@given(st.lists(st.binary(max_size=8), max_size=70))
-def test_all_inclusion_proofs_equal_each_leafs_proof(leaves):
+@settings(max_examples=200)
+@given(st.lists(st.binary(max_size=8), min_size=1, max_size=70), st.data())
+def test_a_range_proves_its_leaves_and_gives_their_audit_paths(leaves, data):
     tree = MerkleTree.from_leaves(leaves)
-    assert [list(p) for p in tree.all_inclusion_proofs()] == [
-        tree.inclusion_proof(i) for i in range(len(leaves))
-    ]
+    lo = data.draw(st.integers(0, len(leaves) - 1))
+    hi = data.draw(st.integers(lo + 1, len(leaves)))
+    hashes = [leaf_hash(x) for x in leaves[lo:hi]]
+    proof = tree.range_proof(lo, hi)
+    assert len(proof) <= 2 * max(1, len(leaves)).bit_length()
+    ranged = RangeProof(len(leaves), lo, hashes, proof)
+    assert ranged.root == tree.root() == reference_root(leaves)
+    for i in range(lo, hi):
+        assert ranged.inclusion_proof(i) == tree.inclusion_proof(i)
+    changed = list(hashes)
+    changed[data.draw(st.integers(0, len(changed) - 1))] = leaf_hash(b"forged")
+    if changed != hashes:
+        assert RangeProof(len(leaves), lo, changed, proof).root != tree.root()
+    if proof:
+        with pytest.raises(ProofError, match="too short"):
+            RangeProof(len(leaves), lo, hashes, proof[:-1])
+    with pytest.raises(ProofError, match="too long"):
+        RangeProof(len(leaves), lo, hashes, [*proof, bytes(32)])

@@ -246,7 +246,7 @@ def _ingest(supervisor, data_dir: Path, las_url: str, cas_url: str, meters: int,
     key = load_public_key_pem(regulator["signing_keys"][0].encode())
     with _client(data_dir, kvs.url) as client:
         segment = client.get(store.BUCKET, client.list(store.BUCKET, "readings/", "", 1)[0]["key"])
-    record = next(store.decode_segment(segment))
+    record = store.verify_segment(segment, [key], proofs=True)[0]
     store.verify_stored(record, store.segment_roots(segment)[record.batch_seq], key)
     console.print(
         f"   meter {record.meter_id}, report {int.from_bytes(record.report[:4], 'big')}: "

@@ -21,6 +21,7 @@ from securecloud.crypto.kdf import derive_key
 from securecloud.crypto.mac import mac, verify_mac
 from securecloud.crypto.merkle import (
     MerkleTree,
+    RangeProof,
     leaf_hash,
     verify_consistency,
     verify_inclusion,
@@ -43,6 +44,7 @@ __all__ = [
     "IntegrityError",
     "MerkleTree",
     "ProofError",
+    "RangeProof",
     "SignatureError",
     "agree",
     "canonical",

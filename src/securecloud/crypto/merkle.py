@@ -101,22 +101,22 @@ class MerkleTree:
         proof.reverse()
         return proof
 
-    def all_inclusion_proofs(self) -> list[tuple[bytes, ...]]:
-        """The audit path of every leaf of the whole tree, in one walk from the root
-        (each subtree root is computed once, not once per leaf)."""
-        if self.size == 0:
-            return []
-        proofs: list[tuple[bytes, ...]] = [()] * self.size
-        stack = [(0, self.size, ())]  # (lo, hi, siblings from the top down)
+    def range_proof(self, lo: int, hi: int) -> list[bytes]:
+        """What proves the leaves lo..hi-1 together: the roots of the largest subtrees
+        outside the range, left to right (at most about 2 log2 n hashes, where
+        separate inclusion proofs would take (hi - lo) log2 n)."""
+        if not 0 <= lo < hi <= self.size:
+            raise ValueError(f"leaf range {lo}..{hi - 1} outside 0..{self.size - 1}")
+        out: list[bytes] = []
+        stack = [(0, self.size)]
         while stack:
-            lo, hi, above = stack.pop()
-            if hi - lo == 1:
-                proofs[lo] = above[::-1]
-                continue
-            k = _largest_power_of_two_below(hi - lo)
-            stack.append((lo, lo + k, (*above, self._mth(lo + k, hi))))
-            stack.append((lo + k, hi, (*above, self._mth(lo, lo + k))))
-        return proofs
+            a, b = stack.pop()
+            if b <= lo or a >= hi:
+                out.append(self._mth(a, b))
+            elif not (lo <= a and b <= hi):
+                k = _largest_power_of_two_below(b - a)
+                stack += [(a + k, b), (a, a + k)]  # left first
+        return out
 
     def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
         """Proof that the tree of `old_size` leaves is a prefix of the one of `new_size`."""
@@ -200,3 +200,63 @@ def verify_consistency(
         raise ProofError("consistency proof is too short")
     if fr != old_root or sr != new_root:
         raise ProofError("consistency proof does not lead to both roots")
+
+
+class RangeProof:
+    """Leaves lo..lo+len-1 of a tree of `size` leaves, with the range proof of the
+    rest (MerkleTree.range_proof). `root` is what they prove; `inclusion_proof`
+    gives the RFC 9162 audit path of any leaf in the range, for verifiers that
+    check readings one by one."""
+
+    def __init__(self, size: int, lo: int, leaf_hashes: Sequence[bytes], proof: Sequence[bytes]):
+        hi = lo + len(leaf_hashes)
+        if not 0 <= lo < hi <= size:
+            raise ProofError(f"leaf range {lo}..{hi - 1} outside a tree of {size}")
+        self.size, self.lo, self.hi = size, lo, hi
+        self._known: dict[tuple[int, int], bytes] = {}
+        given = iter(proof)
+        self.root = self._walk(0, size, leaf_hashes, given)
+        if next(given, None) is not None:
+            raise ProofError("range proof is too long")
+
+    def _walk(self, a: int, b: int, leaves: Sequence[bytes], given) -> bytes:
+        if b <= self.lo or a >= self.hi:
+            h = next(given, None)
+            if h is None:
+                raise ProofError("range proof is too short")
+        elif self.lo <= a and b <= self.hi and ((b - a) & (b - a - 1)) == 0:
+            h = self._complete(a, b, leaves)
+        else:
+            k = _largest_power_of_two_below(b - a)
+            h = node_hash(self._walk(a, a + k, leaves, given), self._walk(a + k, b, leaves, given))
+        self._known[(a, b)] = h
+        return h
+
+    def _complete(self, a: int, b: int, leaves: Sequence[bytes]) -> bytes:
+        """A complete subtree inside the range, level by level (no recursion)."""
+        level = list(leaves[a - self.lo : b - self.lo])
+        width = 1
+        for i, h in enumerate(level):
+            self._known[(a + i, a + i + 1)] = h
+        while len(level) > 1:
+            width *= 2
+            level = [node_hash(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+            for i, h in enumerate(level):
+                self._known[(a + i * width, a + (i + 1) * width)] = h
+        return level[0]
+
+    def inclusion_proof(self, index: int) -> list[bytes]:
+        if not self.lo <= index < self.hi:
+            raise ValueError(f"leaf {index} outside the range {self.lo}..{self.hi - 1}")
+        proof: list[bytes] = []
+        lo, hi = 0, self.size
+        while hi - lo > 1:
+            k = _largest_power_of_two_below(hi - lo)
+            if index < lo + k:
+                proof.append(self._known[(lo + k, hi)])
+                hi = lo + k
+            else:
+                proof.append(self._known[(lo, lo + k)])
+                lo = lo + k
+        proof.reverse()
+        return proof

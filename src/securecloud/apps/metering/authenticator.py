@@ -106,7 +106,6 @@ class Outcome:
 
     replies: list[list[bytes]]
     leaves: list[bytes] = field(default_factory=list)
-    accepted: list[tuple[int, int, int]] = field(default_factory=list)  # (frame, meter, leaf)
     quarantined: list[dict] = field(default_factory=list)
     undo: dict[int, MeterState | None] = field(default_factory=dict)
     invocations: dict[int, int] = field(default_factory=dict)  # meter -> highest taken
@@ -117,6 +116,7 @@ class Outcome:
 @dataclass(frozen=True)
 class Detached:
     table: dict[tuple, list[bytes]]
+    spans: dict[tuple, list[store.Range]]
     seq: int  # every batch up to this one is in `table` or in earlier segments
     state: bytes | None  # checkpoint to write after the segments
 
@@ -147,7 +147,8 @@ class Authenticator:
         self.commands: dict[int, int] = {}  # meter -> pending load command
         self._statics: dict[int, bytes] = {}
         self._sessions: dict[tuple[int, bytes], suite1.SessionKeys] = {}
-        self._table: dict[tuple, list[bytes]] = defaultdict(list)
+        self._table: dict[tuple, list[bytes]] = defaultdict(list)  # (day, group) -> records
+        self._spans: dict[tuple, list[store.Range]] = defaultdict(list)  # their batch ranges
         self._roots: dict[int, dict] = {}  # seq -> signed root, until its readings are written
         self._table_bytes = 0
 
@@ -289,7 +290,6 @@ class Authenticator:
         state.accepted += 1
         self.counts["accepted"] += 1
         out.leaves.append(meter_id.to_bytes(4, "big") + plain)
-        out.accepted.append((meter_id, report.timestamp, len(out.leaves) - 1))
         return frames.STORED
 
     def _advance(self, state: MeterState, counter: int) -> None:
@@ -347,11 +347,12 @@ class Authenticator:
 
     def _write_batch(self, out: Outcome, created: float) -> None:
         seq = self.seq + 1
-        tree = MerkleTree.from_leaves(out.leaves)
+        leaves = sorted(out.leaves, key=store.leaf_order)  # one range per segment
+        tree = MerkleTree.from_leaves(leaves)
         header = {
             "authenticator": self.name,
             "seq": seq,
-            "size": len(out.leaves),
+            "size": len(leaves),
             "root": tree.root().hex(),
             "created": int(created),
             "quarantine": out.quarantined,
@@ -359,22 +360,35 @@ class Authenticator:
         }
         header["signature"] = sign(self.signing_key, store.batch_statement(header)).hex()
         self.storage.put(
-            store.BUCKET, store.batch_key(self.name, seq), store.encode_batch(header, out.leaves)
+            store.BUCKET, store.batch_key(self.name, seq), store.encode_batch(header, leaves)
         )
         self.seq = seq
-        self._remember(header, tree, out.leaves)
+        self._remember(header, tree, leaves)
 
     def _remember(self, header: dict, tree: MerkleTree, leaves: list[bytes]) -> None:
+        """File a stored batch's readings under their (day, group) slots; the leaves
+        are in store.leaf_order, so each slot takes one range, proved by one range proof."""
         seq = header["seq"]
         self._roots[seq] = store.signed_root(header)
-        proofs = tree.all_inclusion_proofs()
+        slot, start = None, 0
         for index, leaf in enumerate(leaves):
             meter_id = int.from_bytes(leaf[:4], "big")
-            timestamp = int.from_bytes(leaf[8:12], "big")
-            day, _interval, _offset = store.day_of(timestamp)
-            record = store.encode_record(meter_id, seq, index, proofs[index], leaf[4:])
-            self._table[(day, store.group_of(meter_id))].append(record)
+            day, _interval, _offset = store.day_of(int.from_bytes(leaf[8:12], "big"))
+            here = (day, store.group_of(meter_id))
+            if here != slot:
+                if slot is not None:
+                    self._close(slot, seq, start, index, tree)
+                slot, start = here, index
+            record = store.encode_record(meter_id, seq, index, leaf[4:])
+            self._table[here].append(record)
             self._table_bytes += len(record)
+        if slot is not None:
+            self._close(slot, seq, start, len(leaves), tree)
+
+    def _close(self, slot: tuple, seq: int, lo: int, hi: int, tree: MerkleTree) -> None:
+        proof = tuple(tree.range_proof(lo, hi))
+        self._spans[slot].append(store.Range(seq, lo, hi, proof))
+        self._table_bytes += 32 * len(proof)
 
     @property
     def flush_due(self) -> bool:
@@ -385,9 +399,13 @@ class Authenticator:
         the processing lock only for this); with `checkpoint`, also the counters as of
         now, to be written once the segments are."""
         detached = Detached(
-            dict(self._table), self.seq, self._state_doc(self.seq) if checkpoint else None
+            dict(self._table),
+            dict(self._spans),
+            self.seq,
+            self._state_doc(self.seq) if checkpoint else None,
         )
         self._table = defaultdict(list)
+        self._spans = defaultdict(list)
         self._table_bytes = 0
         return detached
 
@@ -402,8 +420,8 @@ class Authenticator:
         def put(item) -> None:
             (day, group), records = item
             key = store.segment_key(day, group, self.name, detached.seq)
-            cited = {store.record_seq(r) for r in records}
-            data = store.encode_segment(records, [roots[s] for s in cited])
+            spans = detached.spans[(day, group)]
+            data = store.encode_segment(records, [roots[s.seq] for s in spans], spans)
             for attempt in range(attempts):
                 try:
                     self.storage.put(store.BUCKET, key, data)
@@ -430,6 +448,7 @@ class Authenticator:
         """Put a table whose write failed back, to be written with the next flush."""
         for slot, records in detached.table.items():
             self._table[slot][:0] = records
+            self._spans[slot][:0] = detached.spans[slot]
             self._table_bytes += sum(map(len, records))
         self.counts["segment_write_failures"] += 1
 
