@@ -10,6 +10,7 @@ import pytest
 
 from securecloud.apps.billing import audit as audits
 from securecloud.apps.billing import bill as bills
+from securecloud.apps.billing import job
 from securecloud.apps.billing import tariff as tariffs
 from securecloud.apps.billing.evidence import EvidenceError, from_segment, verify_readings
 from securecloud.apps.metering import frames
@@ -64,15 +65,15 @@ def world():
     readings, roots = [], {}
     for key, data in storage.objects.items():
         if key.startswith("readings/"):
-            found, cited = from_segment(key, data)
+            found, cited = from_segment(key, data, [signing.public_key()], proofs=True)
             readings += found
             roots.update(cited)
     utility = generate_signing_key("p256")
-    return readings, roots, signing.public_key(), utility
+    return readings, roots, signing.public_key(), utility, storage, registry
 
 
 def _bill(world, meter=7, tariff=None):
-    readings, roots, _regulator, utility = world
+    readings, roots, _regulator, utility = world[:4]
     tariff = tariff or tariffs.builtin("tarifa-branca")
     mine = [r for r in readings if r.meter_id == meter]
     chosen = bills.select(mine, PERIOD)
@@ -84,7 +85,7 @@ def _bill(world, meter=7, tariff=None):
 
 
 def _audit(world, bill, evidence, tariff):
-    _readings, _roots, regulator, utility = world
+    _readings, _roots, regulator, utility = world[:4]
     return audits.audit(bill, evidence, tariff, [utility.public_key()], [regulator])
 
 
@@ -94,7 +95,7 @@ def _resign(world, bill):
 
 
 def test_every_stored_reading_verifies_and_a_forged_one_does_not(world):
-    readings, roots, regulator, _utility = world
+    readings, roots, regulator, _utility = world[:4]
     verify_readings(readings, roots, [regulator])
     forged = dataclasses.replace(readings[5], report=readings[6].report)
     with pytest.raises(EvidenceError) as caught:
@@ -128,7 +129,7 @@ def test_large_consumer_pays_a_demand_charge_and_passes(world):
 
 def test_hash_only_audit_passes_without_values_and_catches_a_dropped_hash(world):
     bill, _evidence, tariff = _bill(world)
-    readings, roots, _reg, _util = world
+    readings, roots, _reg, _util = world[:4]
     chosen = bills.select([r for r in readings if r.meter_id == 7], PERIOD)
     evidence = audits.make_evidence(7, chosen.readings, chosen.opening, roots, hash_only=True)
     assert all("report" not in r for r in evidence["readings"])
@@ -185,7 +186,7 @@ def test_each_kind_of_cheating_is_found(world):
 
 
 def test_bill_made_from_a_duplicated_reading_is_refused(world):
-    readings, roots, _reg, utility = world
+    readings, roots, _reg, utility = world[:4]
     tariff = tariffs.builtin("tarifa-branca")
     chosen = bills.select([r for r in readings if r.meter_id == 7], PERIOD)
     padded = chosen.readings[:50] + chosen.readings[49:]  # the utility counts one twice
@@ -226,3 +227,25 @@ def test_tariff_files_are_checked_field_by_field():
     for document, field in bad:
         with pytest.raises(tariffs.TariffError, match=field):
             tariffs.parse(document)
+
+
+def test_the_job_bills_from_the_kvs_and_its_evidence_passes_the_audit(world):
+    _readings, _roots, regulator, utility, storage, registry = world
+    context = job.BillingContext(
+        storage,
+        registry,
+        {"lv1": tariffs.builtin("tarifa-branca"), "mv3": tariffs.builtin("green-a4")},
+        utility,
+        [regulator],
+    )
+    made = job.bill_meters(context, [7, 9], PERIOD, issued=1_770_000_000)
+    assert [b["meter"] for b in made] == [7, 9]
+    assert made[0] == _bill(world)[0] | {"issued": 1_770_000_000, "signature": made[0]["signature"]}
+    for meter, name in ((7, "tarifa-branca"), (9, "green-a4")):
+        for hash_only in (False, True):
+            bill, evidence = job.evidence_for(storage, meter, PERIOD, [regulator], hash_only)
+            result = audits.audit(
+                bill, evidence, tariffs.builtin(name), [utility.public_key()], [regulator]
+            )
+            assert result.ok, (meter, hash_only, result.problems)
+            assert result.readings == bill["readings"]["count"]

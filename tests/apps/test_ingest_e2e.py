@@ -116,3 +116,43 @@ def test_disconnect_command_reaches_the_meter_and_its_next_day_reads_zero(
     assert (
         all(r.flags & 1 for r in second_day[2]) and sum(r.total_active for r in second_day[2]) > 0
     )
+
+
+def test_bills_from_the_kvs_pass_the_regulators_check_and_a_changed_one_fails(
+    ingest_platform, tmp_path
+):
+    """After the kill -9 run above: bill days 2 and 3 of the first meters from the KVS,
+    export one bill with its evidence, and verify it as the regulator would."""
+    data_dir, _supervisor, ports = ingest_platform
+    cli(data_dir, "ingest", "flush", "--url", f"https://127.0.0.1:{ports.api}")
+    made = json.loads(
+        cli(
+            data_dir,
+            "billing",
+            "run",
+            "--start",
+            "2026-03-03",
+            "--days",
+            "2",
+            "--meters",
+            "1-20",
+            "--json",
+        ).stdout
+    )
+    assert made["bills"] == 20 and made["readings"] > 20 * 2 * 96 * 0.9
+    for hash_only in (False, True):
+        out = tmp_path / ("hashes" if hash_only else "full")
+        flags = ["--hash-only"] if hash_only else []
+        cli(data_dir, "billing", "export", "4", "--start", "2026-03-03", "--days", "2",
+            "--out", str(out), *flags)  # fmt: skip
+        result = cli(data_dir, "billing", "verify", str(out / "bill.json"), "--evidence",
+                     str(out / "evidence.json"), "--json")  # fmt: skip
+        assert json.loads(result.stdout)["ok"], result.stdout
+    bill = json.loads((tmp_path / "full" / "bill.json").read_text())
+    bill["total"] = "0.01"
+    (tmp_path / "full" / "bill.json").write_text(json.dumps(bill))
+    refused = cli(data_dir, "billing", "verify", str(tmp_path / "full" / "bill.json"),
+                  "--evidence", str(tmp_path / "full" / "evidence.json"), check=False)  # fmt: skip
+    assert refused.returncode == 1 and "bill-signature" in refused.stdout
+    bad = cli(data_dir, "billing", "run", "--start", "2026-13-01", check=False)
+    assert bad.returncode != 0 and "start" in bad.stdout + bad.stderr

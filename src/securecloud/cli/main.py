@@ -2,7 +2,18 @@
 
 import typer
 
-from securecloud.cli import batch, cas, ingest, kvs, las, meters, platform, runtime
+from securecloud.cli import (
+    batch,
+    billing,
+    cas,
+    fraud,
+    ingest,
+    kvs,
+    las,
+    meters,
+    platform,
+    runtime,
+)
 from securecloud.cli.demo import demo
 
 app = typer.Typer(
@@ -18,6 +29,8 @@ app.add_typer(batch.app, name="batch")
 app.add_typer(kvs.app, name="kvs")
 app.add_typer(meters.app, name="meters")
 app.add_typer(ingest.app, name="ingest")
+app.add_typer(billing.app, name="billing")
+app.add_typer(fraud.app, name="fraud")
 app.command()(demo)
 app.command()(platform.up)
 app.command()(platform.status)

@@ -167,13 +167,28 @@ def _signed_root(batch: tuple[str, int], roots: dict, public_keys) -> bytes:
     )
 
 
-def from_segment(key: str, data: bytes, meters: set[int] | None = None):
-    """(signed readings of `meters` in this segment, its signed roots by batch)."""
+def from_segment(
+    key: str,
+    data: bytes,
+    public_keys,
+    meters: set[int] | None = None,
+    proofs: bool = False,
+    checked: dict | None = None,
+):
+    """(signed readings of `meters` in this segment, its signed roots by batch), after
+    checking every record against its batch's signed root (store.verify_segment);
+    with `proofs`, each reading carries its audit path for the evidence file."""
     authenticator = key.rsplit("/", 1)[1].rpartition("-")[0]
+    try:
+        records = store.verify_segment(data, public_keys, proofs, checked)
+    except SignatureError as exc:
+        raise EvidenceError("bad-signature", f"{key}: {exc}") from None
+    except ProofError as exc:
+        raise EvidenceError("bad-proof", f"{key}: {exc}") from None
     roots = {(authenticator, seq): doc for seq, doc in store.segment_roots(data).items()}
     readings = [
         SignedReading(r.meter_id, r.report, authenticator, r.batch_seq, r.leaf_index, r.proof)
-        for r in store.decode_segment(data)
+        for r in records
         if meters is None or r.meter_id in meters
     ]
     return readings, roots
