@@ -78,7 +78,9 @@ def _bill(world, meter=7, tariff=None):
     mine = [r for r in readings if r.meter_id == meter]
     chosen = bills.select(mine, PERIOD)
     supply = "mv3" if meter == 9 else "lv1"
-    content = bills.compute(meter, supply, PERIOD, chosen.readings, chosen.opening, tariff)
+    content = bills.compute_from_readings(
+        meter, supply, PERIOD, chosen.readings, chosen.opening, tariff
+    )
     signed = bills.sign_bill(content, utility, int(time.time()))
     evidence = audits.make_evidence(meter, chosen.readings, chosen.opening, roots)
     return signed, evidence, tariff
@@ -190,7 +192,7 @@ def test_bill_made_from_a_duplicated_reading_is_refused(world):
     tariff = tariffs.builtin("tarifa-branca")
     chosen = bills.select([r for r in readings if r.meter_id == 7], PERIOD)
     padded = chosen.readings[:50] + chosen.readings[49:]  # the utility counts one twice
-    content = bills.compute(7, "lv1", PERIOD, padded, chosen.opening, tariff)
+    content = bills.compute_from_readings(7, "lv1", PERIOD, padded, chosen.opening, tariff)
     bill = bills.sign_bill(content, utility, 0)
     evidence = audits.make_evidence(7, padded, chosen.opening, roots)
     assert "duplicate" in _checks(_audit(world, bill, evidence, tariff))
@@ -249,3 +251,13 @@ def test_the_job_bills_from_the_kvs_and_its_evidence_passes_the_audit(world):
             )
             assert result.ok, (meter, hash_only, result.problems)
             assert result.readings == bill["readings"]["count"]
+
+
+def test_windows_of_many_intervals_agree_with_one_at_a_time():
+    starts = np.arange(1_767_225_600, 1_767_225_600 + 60 * 86400, 900)  # 60 days of 2026
+    for name in ("flat", "tarifa-branca", "green-a4"):
+        tariff = tariffs.builtin(name)
+        names = tariff.window_names
+        assert [names[i] for i in tariff.windows_of(starts)] == [
+            tariff.window_of(int(t)) for t in starts
+        ]

@@ -27,6 +27,15 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(b"\x01" + left + right).digest()
 
 
+def _parents(level: list[bytes]) -> list[bytes]:
+    """The interior nodes over pairs of `level` (an odd last node has no parent here);
+    hashlib bound locally: this loop is most of the cost of building a tree."""
+    sha256 = hashlib.sha256
+    return [
+        sha256(b"\x01" + a + b).digest() for a, b in zip(level[0::2], level[1::2], strict=False)
+    ]
+
+
 def _largest_power_of_two_below(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
@@ -42,10 +51,7 @@ class MerkleTree:
         self._ragged: dict[tuple[int, int], bytes] = {}  # roots of incomplete right subtrees
         self._levels: list[list[bytes]] = [list(leaf_hashes)]
         while len(self._levels[-1]) > 1:
-            below = self._levels[-1]
-            self._levels.append(
-                [node_hash(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)]
-            )
+            self._levels.append(_parents(self._levels[-1]))
 
     @classmethod
     def from_leaves(cls, leaves: Iterable[bytes]) -> MerkleTree:
@@ -208,8 +214,17 @@ class RangeProof:
     gives the RFC 9162 audit path of any leaf in the range, for verifiers that
     check readings one by one."""
 
-    def __init__(self, size: int, lo: int, leaf_hashes: Sequence[bytes], proof: Sequence[bytes]):
+    def __init__(
+        self,
+        size: int,
+        lo: int,
+        leaf_hashes: Sequence[bytes],
+        proof: Sequence[bytes],
+        paths: bool = True,
+    ):
+        """`paths`: keep every node for inclusion_proof (costs a dict entry per node)."""
         hi = lo + len(leaf_hashes)
+        self.paths = paths
         if not 0 <= lo < hi <= size:
             raise ProofError(f"leaf range {lo}..{hi - 1} outside a tree of {size}")
         self.size, self.lo, self.hi = size, lo, hi
@@ -236,16 +251,20 @@ class RangeProof:
         """A complete subtree inside the range, level by level (no recursion)."""
         level = list(leaves[a - self.lo : b - self.lo])
         width = 1
-        for i, h in enumerate(level):
-            self._known[(a + i, a + i + 1)] = h
+        if self.paths:
+            self._known.update({(a + i, a + i + 1): h for i, h in enumerate(level)})
         while len(level) > 1:
             width *= 2
-            level = [node_hash(level[i], level[i + 1]) for i in range(0, len(level), 2)]
-            for i, h in enumerate(level):
-                self._known[(a + i * width, a + (i + 1) * width)] = h
+            level = _parents(level)
+            if self.paths:
+                self._known.update(
+                    {(a + i * width, a + (i + 1) * width): h for i, h in enumerate(level)}
+                )
         return level[0]
 
     def inclusion_proof(self, index: int) -> list[bytes]:
+        if not self.paths:
+            raise ValueError("this range was verified without keeping its paths")
         if not self.lo <= index < self.hi:
             raise ValueError(f"leaf {index} outside the range {self.lo}..{self.hi - 1}")
         proof: list[bytes] = []

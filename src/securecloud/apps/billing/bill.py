@@ -31,7 +31,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
-from itertools import pairwise
+
+import numpy as np
 
 from securecloud.apps.billing.evidence import SignedReading
 from securecloud.apps.billing.tariff import Tariff
@@ -125,56 +126,130 @@ def _money(value: Decimal) -> str:
     return str(value.quantize(CENT, rounding=ROUND_HALF_UP))
 
 
+@dataclass
+class Columns:
+    """Readings as columns (sorted by counter, one per counter) with their leaf hashes:
+    what `compute` works on, whether they come from segments or from an evidence file."""
+
+    counter: np.ndarray  # int64
+    end: np.ndarray  # int64, interval end
+    energy: np.ndarray  # int64, register Wh
+    demand: np.ndarray  # float64, W
+    hashes: list[bytes]
+
+    def __len__(self) -> int:
+        return len(self.counter)
+
+    @classmethod
+    def from_table(cls, table: np.ndarray, hashes: list[bytes]) -> Columns:
+        """From rows of REPORT fields (store.RECORD_DTYPE or a report array)."""
+        ts = table["timestamp"].astype(np.int64)
+        return cls(
+            table["counter"].astype(np.int64),
+            np.rint(ts / INTERVAL_S).astype(np.int64) * INTERVAL_S,
+            table["energy"].astype(np.int64),
+            table["totals"][:, 4].astype(np.float64),
+            hashes,
+        )
+
+    @classmethod
+    def from_readings(cls, readings: list[SignedReading]) -> Columns:
+        reports = b"".join(r.report for r in readings)
+        return cls.from_table(np.frombuffer(reports, REPORT_DTYPE), [r.leaf_hash for r in readings])
+
+
+REPORT_DTYPE = np.dtype(
+    [("counter", ">u4"), ("timestamp", ">u4"), ("flags", "u1"), ("phases", ">f4", (21,)),
+     ("totals", ">f4", (5,)), ("energy", ">u8")]
+)  # fmt: skip
+
+
+def select_columns(rows: Columns, period: Period, meter_id: int) -> tuple[Columns, int | None]:
+    """(the period's readings, once per counter, by counter; the index in `rows` of the
+    opening reading or None), from one meter's rows in any order."""
+    before = np.flatnonzero(rows.end < period.first_end)
+    opening = int(before[np.argmax(rows.counter[before])]) if len(before) else None
+    inside = np.flatnonzero((rows.end >= period.first_end) & (rows.end <= period.last_end))
+    order = inside[np.argsort(rows.counter[inside], kind="stable")]
+    counters = rows.counter[order]
+    repeat = np.flatnonzero(counters[1:] == counters[:-1]) + 1
+    for k in repeat:  # the same reading from two segments is fine; two readings are not
+        if rows.hashes[order[k]] != rows.hashes[order[k - 1]]:
+            raise BillError(
+                f"meter {meter_id}: two different reports with counter {int(counters[k])}"
+            )
+    keep = np.delete(order, repeat)
+    return (
+        Columns(
+            rows.counter[keep],
+            rows.end[keep],
+            rows.energy[keep],
+            rows.demand[keep],
+            [rows.hashes[i] for i in keep],
+        ),
+        opening,
+    )
+
+
 def compute(
     meter_id: int,
     supply: str,
     period: Period,
-    readings: list[SignedReading],
-    opening: SignedReading | None,
+    readings: Columns,
+    opening: tuple[int, int, int, bytes] | None,
     tariff: Tariff,
 ) -> dict:
-    """The bill's content (unsigned) from readings already selected (`select`)."""
-    ends = [interval_end(r.reading.timestamp) for r in readings]
-    counters = [r.counter for r in readings]
-    reordered = [
-        counters[i] for i in range(1, len(ends)) if ends[i] <= ends[i - 1]
-    ]  # counters rise, interval ends must too
-    covered = set(ends)
-    missing = [
-        e for e in range(period.first_end, period.last_end + 1, INTERVAL_S) if e not in covered
-    ]
-    gaps = (counters[-1] - counters[0] + 1 - len(counters)) if counters else 0
+    """The bill's content (unsigned). `readings`: the period's, one per counter, by
+    counter; `opening`: (counter, interval end, register Wh, leaf hash) or None."""
+    ends, counters = readings.end, readings.counter
+    later = np.flatnonzero(ends[1:] <= ends[:-1]) + 1  # counters rise, ends must too
+    reordered = counters[later].tolist()
+    expected_ends = np.arange(period.first_end, period.last_end + 1, INTERVAL_S)
+    missing = np.setdiff1d(expected_ends, ends).tolist()
+    n_read = len(readings)
+    gaps = int(counters[-1] - counters[0] + 1 - n_read) if n_read else 0
 
-    chain = ([opening] if opening is not None else []) + readings
+    if opening is not None:
+        c = np.concatenate([[opening[0]], counters])
+        e = np.concatenate([[opening[1]], ends])
+        w = np.concatenate([[opening[2]], readings.energy])
+    else:
+        c, e, w = counters, ends, readings.energy
+    steps = np.diff(w)
+    spans = np.maximum(1, np.diff(e) // INTERVAL_S)
     by_window: dict[str, int] = {}
-    register_wh = interval_wh = pairs = disagreements = 0
-    for a, b in pairwise(chain):
-        end_a, end_b = interval_end(a.reading.timestamp), interval_end(b.reading.timestamp)
-        step = b.reading.energy_wh - a.reading.energy_wh
-        n = max(1, (end_b - end_a) // INTERVAL_S)
+    single = spans == 1
+    if single.any():
+        windows = tariff.windows_of(e[1:][single] - INTERVAL_S)
+        for name, wh in zip(
+            tariff.window_names,
+            np.bincount(windows, weights=steps[single], minlength=len(tariff.window_names)),
+            strict=True,
+        ):
+            if wh:
+                by_window[name] = by_window.get(name, 0) + int(wh)
+    for k in np.flatnonzero(~single):  # a register step over several intervals: spread
+        n, step = int(spans[k]), int(steps[k])
         share, rest = divmod(step, n)
-        for k in range(1, n + 1):
-            window = tariff.window_of(end_a + k * INTERVAL_S - INTERVAL_S)
-            by_window[window] = by_window.get(window, 0) + share + (rest if k == n else 0)
-        if n == 1 and b.counter == a.counter + 1:
-            demand_wh = round(b.reading.demand * INTERVAL_S / 3600)
-            pairs += 1
-            register_wh += step
-            interval_wh += demand_wh
-            if abs(step - demand_wh) > 2 + 0.02 * abs(demand_wh):
-                disagreements += 1
-    energy_wh = chain[-1].reading.energy_wh - chain[0].reading.energy_wh if chain else 0
+        for j in range(1, n + 1):
+            name = tariff.window_of(int(e[k]) + j * INTERVAL_S - INTERVAL_S)
+            by_window[name] = by_window.get(name, 0) + share + (rest if j == n else 0)
+    pairs = single & (np.diff(c) == 1)
+    demand = readings.demand if opening is None else np.concatenate([[0.0], readings.demand])
+    demand_wh = np.rint(demand[1:][pairs] * INTERVAL_S / 3600).astype(np.int64)
+    register_steps = steps[pairs]
+    disagreements = int((np.abs(register_steps - demand_wh) > 2 + 0.02 * np.abs(demand_wh)).sum())
+    energy_wh = int(w[-1] - w[0]) if len(w) else 0
 
     charges = {
         window: Decimal(wh) / 1000 * tariff.energy_price[window]
         for window, wh in sorted(by_window.items())
     }
-    max_demand_w = round(max((r.reading.demand for r in readings), default=0.0))
+    max_demand_w = round(float(readings.demand.max())) if n_read else 0
     demand_charge = None
     if tariff.demand_price is not None and supply == "mv3":
         demand_charge = Decimal(max_demand_w) / 1000 * tariff.demand_price
     total = sum(charges.values(), Decimal(0)) + (demand_charge or Decimal(0))
-    tree = MerkleTree([r.leaf_hash for r in readings]) if readings else None
     return {
         "type": BILL_TYPE,
         "meter": meter_id,
@@ -182,11 +257,11 @@ def compute(
         "period": period.to_json(),
         "tariff": tariff.reference,
         "readings": {
-            "count": len(readings),
+            "count": n_read,
             "expected": period.expected,
-            "first_counter": counters[0] if counters else None,
-            "last_counter": counters[-1] if counters else None,
-            "root": tree.root().hex() if tree else None,
+            "first_counter": int(counters[0]) if n_read else None,
+            "last_counter": int(counters[-1]) if n_read else None,
+            "root": MerkleTree(readings.hashes).root().hex() if n_read else None,
             "missing": _ranges(missing, INTERVAL_S),
             "missing_count": len(missing),
             "counter_gaps": gaps,
@@ -195,27 +270,43 @@ def compute(
         "opening": None
         if opening is None
         else {
-            "counter": opening.counter,
-            "energy_wh": opening.reading.energy_wh,
-            "leaf_hash": opening.leaf_hash.hex(),
+            "counter": int(opening[0]),
+            "energy_wh": int(opening[2]),
+            "leaf_hash": opening[3].hex(),
         },
-        "closing_energy_wh": chain[-1].reading.energy_wh if chain else None,
+        "closing_energy_wh": int(w[-1]) if len(w) else None,
         "energy_wh": energy_wh,
         "energy_by_window_wh": dict(sorted(by_window.items())),
         "cross_check": {
-            "intervals": pairs,
-            "register_wh": register_wh,
-            "demand_wh": interval_wh,
+            "intervals": int(pairs.sum()),
+            "register_wh": int(register_steps.sum()),
+            "demand_wh": int(demand_wh.sum()),
             "disagreements": disagreements,
         },
         "max_demand_w": max_demand_w,
         "charges": {
-            "energy": {w: _money(v) for w, v in charges.items()},
+            "energy": {w_: _money(v) for w_, v in charges.items()},
             "demand": None if demand_charge is None else _money(demand_charge),
         },
         "total": _money(total),
         "currency": tariff.currency,
     }
+
+
+def compute_from_readings(
+    meter_id: int,
+    supply: str,
+    period: Period,
+    readings: list[SignedReading],
+    opening: SignedReading | None,
+    tariff: Tariff,
+) -> dict:
+    """`compute` for signed readings (selected and ordered, e.g. from an evidence file)."""
+    first = None
+    if opening is not None:
+        row = Columns.from_readings([opening])
+        first = (int(row.counter[0]), int(row.end[0]), int(row.energy[0]), opening.leaf_hash)
+    return compute(meter_id, supply, period, Columns.from_readings(readings), first, tariff)
 
 
 def sign_bill(content: dict, utility_key, issued: int) -> dict:

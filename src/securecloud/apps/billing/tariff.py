@@ -28,11 +28,13 @@ from importlib import resources
 from itertools import pairwise
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from securecloud.crypto import canonical
 
 FLAT_WINDOW = "all"
+_EPOCH = dt.date(1970, 1, 1)
 
 
 class TariffError(ValueError):
@@ -66,6 +68,29 @@ class Tariff:
     @property
     def reference(self) -> dict:
         return {"name": self.name, "sha256": self.digest}
+
+    @property
+    def window_names(self) -> tuple[str, ...]:
+        """Every window's name; `windows_of` returns indices into this."""
+        if self.kind == "flat":
+            return (FLAT_WINDOW,)
+        return tuple(sorted({w.name for w in self.windows} | {self.default_window}))
+
+    def windows_of(self, interval_starts: np.ndarray) -> np.ndarray:
+        """`window_of` for many interval starts at once: indices into window_names."""
+        names = self.window_names
+        if self.kind == "flat":
+            return np.zeros(len(interval_starts), dtype=np.int64)
+        local = interval_starts.astype(np.int64) + int(self.utc_offset.total_seconds())
+        day = local // 86400
+        holidays = np.array([(d - _EPOCH).days for d in self.holidays], dtype=np.int64)
+        off = ((day + 3) % 7 >= 5) | np.isin(day, holidays)  # 1970-01-01 was a Thursday
+        minute = (local % 86400) // 60
+        out = np.full(len(local), names.index(self.default_window), dtype=np.int64)
+        for window in self.windows:
+            inside = ~off & (minute >= window.start) & (minute < window.end)
+            out[inside] = names.index(window.name)
+        return out
 
     def window_of(self, interval_start: int) -> str:
         """The window of the interval starting at this Unix time."""

@@ -36,7 +36,8 @@ Batch layout: b"SCMB1" | u32 header length | canonical JSON header | leaves.
 Segment layout: b"SCMS3" | u32 head length | canonical JSON head | records:
     head   = {"roots": [signed root of every batch cited], "ranges": [{"seq", "lo",
               "hi", "proof": [hex, ...]}]}
-    record = meter u32 | batch seq u32 | leaf index u32 | report (121)
+    record = batch seq u32 | leaf index u32 | meter u32 | report (121)
+             (the last 125 bytes are the leaf: meter id || report)
 plus the authenticator id in the key. A signed root is the batch statement's
 fields and the signature (about 250 bytes): with it a segment is enough to
 verify its readings, without fetching the batches (hundreds of KiB each).
@@ -50,6 +51,9 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from hashlib import sha256
+
+import numpy as np
 
 from securecloud.apps.metering.reading import INTERVAL_S
 from securecloud.apps.metering.reading import SIZE as REPORT_SIZE
@@ -63,6 +67,12 @@ _BATCH_MAGIC, _SEGMENT_MAGIC = b"SCMB1", b"SCMS3"
 ROOT_FIELDS = ("authenticator", "seq", "size", "root", "created")
 _RECORD = struct.Struct(">III")
 RECORD_SIZE = _RECORD.size + REPORT_SIZE
+RECORD_DTYPE = np.dtype(
+    [("seq", ">u4"), ("index", ">u4"), ("meter", ">u4"), ("counter", ">u4"),
+     ("timestamp", ">u4"), ("flags", "u1"), ("phases", ">f4", (21,)), ("totals", ">f4", (5,)),
+     ("energy", ">u8")]
+)  # fmt: skip
+assert RECORD_DTYPE.itemsize == RECORD_SIZE
 
 
 def batch_key(authenticator: str, seq: int) -> str:
@@ -145,7 +155,7 @@ class StoredReading:
 
 
 def encode_record(meter_id: int, seq: int, index: int, report: bytes) -> bytes:
-    return _RECORD.pack(meter_id, seq, index) + report
+    return _RECORD.pack(seq, index, meter_id) + report
 
 
 @dataclass(frozen=True)
@@ -193,37 +203,60 @@ def segment_roots(data: bytes) -> dict[int, dict]:
     return segment_head(data)[0]
 
 
-def decode_segment(data: bytes) -> Iterator[StoredReading]:
-    """The records, unverified and without audit paths (see verify_segment)."""
+def _records(data: bytes) -> memoryview:
     if data[:5] != _SEGMENT_MAGIC:
         raise ValueError("not a metering segment")
-    pos, end = 9 + int.from_bytes(data[5:9], "big"), len(data)
-    if (end - pos) % RECORD_SIZE:
+    body = memoryview(data)[9 + int.from_bytes(data[5:9], "big") :]
+    if len(body) % RECORD_SIZE:
         raise ValueError("segment records are cut short")
-    for start in range(pos, end, RECORD_SIZE):
-        meter, seq, index = _RECORD.unpack_from(data, start)
-        yield StoredReading(meter, data[start + 12 : start + RECORD_SIZE], seq, index)
+    return body
 
 
-def verify_segment(
-    data: bytes, public_keys, proofs: bool = False, checked: dict | None = None
-) -> list[StoredReading]:
-    """Every record of the segment, each shown to be a leaf of a batch whose root is
-    signed by one of `public_keys`: per batch, its range of leaves is hashed up to
-    the root with the range proof. With `proofs`, each record gets its audit path.
-    `checked` (seq -> root) remembers signatures already verified across segments of
-    one authenticator. Raises SignatureError or ProofError."""
+def decode_segment(data: bytes) -> Iterator[StoredReading]:
+    """The records, unverified and without audit paths (see verify_segment)."""
+    body = _records(data)
+    for start in range(0, len(body), RECORD_SIZE):
+        seq, index, meter = _RECORD.unpack_from(body, start)
+        yield StoredReading(meter, bytes(body[start + 12 : start + RECORD_SIZE]), seq, index)
+
+
+def segment_table(data: bytes) -> np.ndarray:
+    """The records as one NumPy structured array (RECORD_DTYPE), unverified."""
+    return np.frombuffer(_records(data), dtype=RECORD_DTYPE)
+
+
+@dataclass
+class VerifiedSegment:
+    """A segment whose every record is a leaf of a batch with a signed root."""
+
+    table: np.ndarray  # RECORD_DTYPE, in record order
+    hashes: list[bytes]  # leaf hash of each record
+    ranges: dict[int, RangeProof]  # seq -> its range (audit paths if read with `paths`)
+    roots: dict[int, dict]  # seq -> signed root
+
+
+def read_segment(
+    data: bytes, public_keys, checked: dict | None = None, paths: bool = False
+) -> VerifiedSegment:
+    """Verify every record: per batch, hash its range of leaves (the record minus seq and
+    index is the leaf) up to the root with the range proof, and check the root's
+    signature under one of `public_keys` (once per batch: `checked`, seq -> root, is
+    shared across segments of one authenticator). Raises SignatureError or ProofError."""
     roots, ranges = segment_head(data)
+    body = _records(data)
+    table = np.frombuffer(body, dtype=RECORD_DTYPE)
     checked = {} if checked is None else checked
-    by_seq: dict[int, list[StoredReading]] = {}
-    for record in decode_segment(data):
-        by_seq.setdefault(record.batch_seq, []).append(record)
-    if set(by_seq) != {r.seq for r in ranges} or len(ranges) != len(by_seq):
-        raise ProofError("segment: records and ranges do not match")
-    out: list[StoredReading] = []
-    for span in ranges:
-        records = by_seq[span.seq]
-        if [r.leaf_index for r in records] != list(range(span.lo, span.hi)):
+    hashes: list[bytes] = [b""] * len(table)
+    proved: dict[int, RangeProof] = {}
+    start = 0
+    for span in ranges:  # records lie in the order of their ranges (by batch seq)
+        count = span.hi - span.lo
+        rows = table[start : start + count]
+        if (
+            len(rows) != count
+            or (rows["seq"] != span.seq).any()
+            or (rows["index"] != np.arange(span.lo, span.hi)).any()
+        ):
             raise ProofError(f"segment: batch {span.seq}'s records are not its range")
         header = roots.get(span.seq)
         if header is None:
@@ -232,16 +265,34 @@ def verify_segment(
         if checked.get(span.seq) != root:
             _verify_root(header, public_keys)
             checked[span.seq] = root
-        hashes = [leaf_hash(r.leaf) for r in records]
-        ranged = RangeProof(header["size"], span.lo, hashes, span.proof)
+        offset = start * RECORD_SIZE
+        leaves = [
+            sha256(b"\x00" + body[o + 8 : o + RECORD_SIZE]).digest()
+            for o in range(offset, offset + count * RECORD_SIZE, RECORD_SIZE)
+        ]
+        ranged = RangeProof(header["size"], span.lo, leaves, span.proof, paths)
         if ranged.root != root:
             raise ProofError(f"segment: batch {span.seq}'s range does not give its signed root")
+        hashes[start : start + count] = leaves
+        proved[span.seq] = ranged
+        start += count
+    if start != len(table):
+        raise ProofError("segment: records outside every range")
+    return VerifiedSegment(table, hashes, proved, roots)
+
+
+def verify_segment(
+    data: bytes, public_keys, proofs: bool = False, checked: dict | None = None
+) -> list[StoredReading]:
+    """Every record of the segment as a StoredReading, after `read_segment`'s checks;
+    with `proofs`, each carries its audit path in its batch."""
+    verified = read_segment(data, public_keys, checked, paths=proofs)
+    out = []
+    for record in decode_segment(data):
+        proof = ()
         if proofs:
-            records = [
-                dataclasses.replace(r, proof=tuple(ranged.inclusion_proof(r.leaf_index)))
-                for r in records
-            ]
-        out += records
+            proof = tuple(verified.ranges[record.batch_seq].inclusion_proof(record.leaf_index))
+        out.append(dataclasses.replace(record, proof=proof) if proofs else record)
     return out
 
 
