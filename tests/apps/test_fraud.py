@@ -4,8 +4,9 @@ ranks thieves above honest consumers (including honest anomalies) on a fixed see
 import numpy as np
 import pytest
 
-from securecloud.apps.fraud import attacks, detector
+from securecloud.apps.fraud import detector
 from securecloud.apps.fraud.evaluate import evaluate
+from securecloud.apps.metering import theft as attacks
 
 
 def test_each_attack_changes_the_day_as_defined():
@@ -52,3 +53,31 @@ def test_correlation_alone_is_blind_to_a_uniform_reduction():
     rng = np.random.default_rng(1)
     x = 100 + 50 * np.sin(np.linspace(0, 2 * np.pi, 96))
     assert detector.correlation(attacks.attack_curve("h1", x, rng), x) == pytest.approx(1.0)
+
+
+def test_thieves_are_chosen_deterministically_and_tamper_with_what_the_meter_reports():
+    import datetime as dt
+
+    from securecloud.apps.metering.model import consumer_for, day_reports
+    from securecloud.apps.metering.reading import Reading
+
+    chosen = [attacks.kind_for(1, m, 0.1, False) for m in range(2000)]
+    assert chosen == [attacks.kind_for(1, m, 0.1, False) for m in range(2000)]
+    share = sum(k is not None for k in chosen) / len(chosen)
+    assert 0.08 < share < 0.12 and "phasor" not in chosen
+    assert {attacks.kind_for(1, m, 1.0, True) for m in range(200)} >= {"phasor", "h1"}
+    assert attacks.kind_for(1, 5, 0.0, False) is None
+    consumer = consumer_for(1, 3)
+    day = dt.date(2026, 3, 4)
+
+    def energy(theft):
+        blobs, _t, end = day_reports(
+            consumer, day, 1, 0.0, np.random.default_rng(7), 0, True, theft
+        )
+        return end, [Reading.decode(b) for b in blobs]
+
+    honest, _ = energy(None)
+    reversed_end, reversed_day = energy("h6")
+    zeroed_end, zeroed = energy("h2")
+    assert zeroed_end < honest and any(r.total_active == 0 for r in zeroed)
+    assert reversed_day[0].total_active > 0 and abs(reversed_end - honest) < 0.5 * honest

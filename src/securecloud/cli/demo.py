@@ -6,11 +6,15 @@ policy with generated secrets, a CAS-issued TLS certificate and an injected
 file, launch the service in enclave mode (it attests and receives them), show
 a refused launch of code the policy does not list, verify the audit log; then
 the metering ingestion: the secure KVS, an attested authenticator and an
-aggregator, `--meters` simulated meters for `--days` days, the counts, and one
-stored reading checked against its signed batch as a regulator would; stop
-everything.
+aggregator, `--meters` simulated meters for `--days` days (`--thieves` of
+them tamper with their last day), the counts, and one stored reading checked
+against its signed batch as a regulator would; then the applications
+(demo_apps.py): bills for every meter, each verified as the regulator would,
+the fraud ranking of the last day, and report.html + report.json in `--out`;
+stop everything.
 """
 
+import datetime as dt
 import shutil
 import subprocess
 import tempfile
@@ -62,6 +66,9 @@ access_policy:
 """
 
 
+START = dt.date(2026, 3, 2)
+
+
 def _step(number: int, text: str) -> None:
     console.print(f"\n[bold cyan]{number}.[/] [bold]{text}[/]")
 
@@ -72,11 +79,24 @@ def demo(
         bool, typer.Option(help="Keep the demo's data directory for inspection.")
     ] = False,
     meters: Annotated[int, typer.Option(help="Simulated meters.", min=1, max=64000)] = 2000,
-    days: Annotated[int, typer.Option(help="Simulated days of 15-minute reports.", min=1)] = 7,
+    days: Annotated[int, typer.Option(help="Simulated days of 15-minute reports.", min=2)] = 7,
+    thieves: Annotated[
+        float,
+        typer.Option(
+            help="Share of meters that tamper with their last day's readings.", min=0, max=0.5
+        ),
+    ] = 0.05,
+    out: Annotated[
+        Path, typer.Option(help="Directory for report.html, report.json and the images.")
+    ] = Path("demo-report"),
 ) -> None:
-    """Run LAS and CAS, apply a policy and start an attested service that receives a
-    generated secret, a TLS certificate and injected files; then run meters through the
-    aggregator and the attested authenticator into the secure KVS; then clean up."""
+    """Run the whole pipeline on this machine and write a report.
+
+    LAS and CAS, a policy and an attested service that receives a generated secret, a TLS
+    certificate and injected files; meters (some of them thieves) through the aggregator
+    and the attested authenticator into the secure KVS; bills for every meter, each
+    verified as the regulator would; a fraud ranking; report.html and report.json in
+    --out; then clean up."""
     from securecloud.crypto import load_public_key_pem
     from securecloud.infra.cas.audit import verify_log
     from securecloud.infra.cas.client import CasClient
@@ -137,8 +157,8 @@ def demo(
             "   launcher: clean environment, no core dumps, not dumpable; the service "
             "gets its arguments, environment and files only after attestation"
         )
-        code, out, err = run("demo/echo")
-        console.print(out.rstrip(), markup=False)
+        code, printed, err = run("demo/echo")
+        console.print(printed.rstrip(), markup=False)
         if code != 0:
             raise RuntimeError(f"demo-echo failed ({code}): {err}")
         console.print(
@@ -147,7 +167,7 @@ def demo(
         )
 
         _step(6, "Launch the same code as demo/impostor, whose policy lists other code")
-        code, out, err = run("demo/impostor")
+        code, printed, err = run("demo/impostor")
         reason = next((line for line in err.splitlines() if '"refused"' in line), err.strip())
         console.print(f"   exit {code}: {reason}", markup=False)
         if code != 3:
@@ -159,9 +179,22 @@ def demo(
         head = verify_log(data_dir / "cas" / "audit.log", key)
         console.print(f"   {head.seq} entries verify; head {head.hash[:32]}…")
 
-        _ingest(supervisor, data_dir, las.url, cas.url, meters, days)
+        kvs_url = _ingest(supervisor, data_dir, las.url, cas.url, meters, days, thieves)
+        from securecloud.apps.metering.fleet import Fleet
+        from securecloud.apps.metering.model import consumer_for
+        from securecloud.apps.metering.theft import kind_for
+        from securecloud.cli import demo_apps
+
+        fleet = Fleet.load(data_dir / "meters")
+        truth = {}
+        for meter in range(1, meters + 1):
+            large = consumer_for(fleet.seed, meter, fleet.large_share).kind == "large"
+            kind = kind_for(fleet.seed, meter, thieves, large)
+            if kind is not None:
+                truth[meter] = kind
+        demo_apps.run(_step, data_dir, kvs_url, meters, days, START, truth, out.resolve())
     finally:
-        _step(12, "Stop the platform and clean up")
+        _step(16, "Stop the platform and clean up")
         stopped = supervisor.stop_all()
         console.print(f"   stopped {', '.join(stopped) or 'nothing'}")
         if keep:
@@ -171,8 +204,11 @@ def demo(
     console.print(f"\n[bold green]demo finished in {time.monotonic() - started:.1f} s[/]")
 
 
-def _ingest(supervisor, data_dir: Path, las_url: str, cas_url: str, meters: int, days: int) -> None:
-    """Steps 8-11: the metering pipeline from meters to signed readings in the KVS."""
+def _ingest(
+    supervisor, data_dir: Path, las_url: str, cas_url: str, meters: int, days: int, thieves: float
+) -> str:
+    """Steps 8-11: the metering pipeline from meters to signed readings in the KVS;
+    returns the KVS gateway's URL."""
     import json
 
     from securecloud.apps.metering import store
@@ -208,11 +244,12 @@ def _ingest(supervisor, data_dir: Path, las_url: str, cas_url: str, meters: int,
     _step(10, f"Run them for {days} simulated days (BDEW profiles, faults, 15-minute reports)")
     config = {
         "targets": [f"127.0.0.1:{ports.aggregator}"],
-        "start": "2026-03-02",
+        "start": START.isoformat(),
         "days": days,
         "speedup": 0.0,
         "window": 16,
         "timeout": 60.0,
+        "thieves": thieves,
     }
     from rich.progress import Progress
 
@@ -253,3 +290,4 @@ def _ingest(supervisor, data_dir: Path, las_url: str, cas_url: str, meters: int,
         f"inclusion proof ({len(record.proof)} hashes) to batch {record.batch_seq}'s root, "
         "[green]signature valid under the regulator-registered key[/]"
     )
+    return kvs.url

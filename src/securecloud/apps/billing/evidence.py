@@ -23,6 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
+
 from securecloud.apps.metering import store
 from securecloud.apps.metering.reading import Reading
 from securecloud.crypto import verify
@@ -59,7 +61,7 @@ class SignedReading:
 
     @cached_property
     def leaf_hash(self) -> bytes:
-        if self.report is None:
+        if self.report is None:  # hash-only evidence
             return self.given_leaf_hash
         return hashlib.sha256(b"\x00" + self.leaf).digest()
 
@@ -176,21 +178,28 @@ def from_segment(
     checked: dict | None = None,
 ):
     """(signed readings of `meters` in this segment, its signed roots by batch), after
-    checking every record against its batch's signed root (store.verify_segment);
-    with `proofs`, each reading carries its audit path for the evidence file."""
+    checking every record against its batch's signed root (store.read_segment); with
+    `proofs`, each reading of `meters` carries its audit path for the evidence file."""
     authenticator = key.rsplit("/", 1)[1].rpartition("-")[0]
     try:
-        records = store.verify_segment(data, public_keys, proofs, checked)
+        segment = store.read_segment(data, public_keys, checked, paths=proofs)
     except SignatureError as exc:
         raise EvidenceError("bad-signature", f"{key}: {exc}") from None
     except ProofError as exc:
         raise EvidenceError("bad-proof", f"{key}: {exc}") from None
-    roots = {(authenticator, seq): doc for seq, doc in store.segment_roots(data).items()}
-    readings = [
-        SignedReading(r.meter_id, r.report, authenticator, r.batch_seq, r.leaf_index, r.proof)
-        for r in records
-        if meters is None or r.meter_id in meters
-    ]
+    roots = {(authenticator, seq): doc for seq, doc in segment.roots.items()}
+    table = segment.table
+    rows = (
+        range(len(table))
+        if meters is None
+        else np.flatnonzero(np.isin(table["meter"], np.fromiter(meters, dtype=np.int64)))
+    )
+    readings = []
+    for i in rows:
+        seq, index, meter = int(table["seq"][i]), int(table["index"][i]), int(table["meter"][i])
+        proof = tuple(segment.ranges[seq].inclusion_proof(index)) if proofs else ()
+        report = table[i : i + 1].tobytes()[12:]
+        readings.append(SignedReading(meter, report, authenticator, seq, index, proof))
     return readings, roots
 
 

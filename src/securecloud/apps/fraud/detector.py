@@ -70,7 +70,7 @@ def roughness(curves: np.ndarray) -> np.ndarray:
 def _imbalance(amps: np.ndarray, volts: np.ndarray, regular_amps, regular_volts) -> np.ndarray:
     """Spread across phases of log(current / regular current) - log(voltage / regular):
     ~0 when all phases move together."""
-    day_a, day_v = amps.mean(axis=-2), volts.mean(axis=-2)  # over intervals -> [..., 3]
+    day_a, day_v = np.nanmean(amps, axis=-2), np.nanmean(volts, axis=-2)  # [..., 3]
     ratio = np.log(np.maximum(day_a, 1e-9) / regular_amps) - np.log(day_v / regular_volts)
     return ratio.max(axis=-1) - ratio.min(axis=-1)
 
@@ -120,8 +120,8 @@ def fit(
         {},
         {},
         large,
-        amps.mean(axis=(1, 2)) if len(large) else np.zeros((0, 3)),
-        volts.mean(axis=(1, 2)) if len(large) else np.zeros((0, 3)),
+        np.nanmean(amps, axis=(1, 2)) if len(large) else np.zeros((0, 3)),
+        np.nanmean(volts, axis=(1, 2)) if len(large) else np.zeros((0, 3)),
     )
     model.classes = model.classify(shapes(regular))
     days = history.shape[1]

@@ -19,8 +19,9 @@ import time
 
 import numpy as np
 
-from securecloud.apps.fraud import attacks, detector
+from securecloud.apps.fraud import detector
 from securecloud.apps.fraud.fleet import phase_power, simulate
+from securecloud.apps.metering import theft as attacks
 
 START = dt.date(2026, 3, 2)
 

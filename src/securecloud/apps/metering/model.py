@@ -35,6 +35,7 @@ from securecloud.apps.metering.reading import (
     READINGS_PER_DAY,
     Reading,
 )
+from securecloud.apps.metering.theft import attack_curve, bypass_phases
 
 ANNUAL = {  # class -> (median kWh, sigma)
     "residential": (1900.0, 0.6),
@@ -109,15 +110,19 @@ def day_reports(
     rng: np.random.Generator,
     drift_s: int = 0,
     connected: bool = True,
+    theft: str | None = None,
 ) -> tuple[list[bytes], list[int], float]:
     """The 96 encoded reports of `day` (reading.LAYOUT), their timestamps, and the energy
-    register (Wh, float) at the day's end; vectorised, for the simulator."""
+    register (Wh, float) at the day's end; vectorised, for the simulator. `theft`: an
+    attack of `theft.py` the meter applies to what it measures (the register follows)."""
     meter = METER_CLASSES[consumer.meter_class]
     share = profiles.day_shares(day)[:, profiles.PROFILES.index(consumer.profile)]
     kwh = consumer.annual_kwh * share * math.exp(0.15 * rng.standard_normal())
     kwh = kwh * np.exp(0.10 * rng.standard_normal(READINGS_PER_DAY))
     if not connected:
         kwh = np.zeros_like(kwh)
+    if theft is not None and theft != "phasor":
+        kwh = attack_curve(theft, kwh, rng)
     n, k = meter.phases, READINGS_PER_DAY
     power_w = kwh * 1000.0 * 3600.0 / INTERVAL_S
     split = np.full((k, n), 1.0 / n)
@@ -130,6 +135,8 @@ def day_reports(
     # A supply cannot deliver more than its rating (the breaker trips): clip the
     # current, then derive the power from it, so noisy peaks stay physical.
     amps = np.minimum(power_w[:, None] * split / (volts * pf), 0.95 * meter.max_current)
+    if theft == "phasor" and n == 3:  # current bypassed around the meter on some phases
+        amps, _factors = bypass_phases(amps, rng)
     phase_p = volts * amps * pf
     power_w = phase_p.sum(axis=1)
     reactive = phase_p * np.tan(np.arccos(pf))

@@ -36,6 +36,7 @@ from securecloud.apps.metering.fleet import Fleet
 from securecloud.apps.metering.meter import MeterProtocolError, MeterSession
 from securecloud.apps.metering.model import consumer_for, day_reports
 from securecloud.apps.metering.reading import INTERVAL_S, READINGS_PER_DAY
+from securecloud.apps.metering.theft import kind_for
 from securecloud.crypto.errors import CryptoError
 from securecloud.runtime.durable import atomic_write
 
@@ -56,6 +57,8 @@ class SimConfig:
     p_buffer_lost: float = 0.3
     p_duplicate: float = 0.002
     max_drift_s: int = 60
+    thieves: float = 0.0  # share of meters that tamper with their readings (theft.kind_for)
+    theft_days: int = 1  # ... on the last this many days
 
 
 @dataclass
@@ -92,6 +95,12 @@ class SimMeter(asyncio.Protocol):
         self.acked: set[int] = set()
         self.load_on = True
         self.hello_sent = 0.0
+        self.theft = kind_for(
+            shard.fleet.seed,
+            session.meter_id,
+            shard.config.thieves,
+            self.consumer.kind == "large",
+        )
 
     # -- readings -----------------------------------------------------------------
     def resume(self, state: dict | None) -> None:
@@ -107,8 +116,18 @@ class SimMeter(asyncio.Protocol):
             return False
         day = cfg.start + dt.timedelta(days=self.days_done)
         self.days_done += 1
+        theft = None
+        if self.days_done > cfg.days - cfg.theft_days:
+            theft = self.theft
         reports, due, self.energy = day_reports(
-            self.consumer, day, self.next_report, self.energy, self.rng, self.drift, self.load_on
+            self.consumer,
+            day,
+            self.next_report,
+            self.energy,
+            self.rng,
+            self.drift,
+            self.load_on,
+            theft,
         )
         self.next_report += READINGS_PER_DAY
         if self.rng.random() < cfg.p_offline:  # offline for 1-16 intervals

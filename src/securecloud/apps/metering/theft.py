@@ -1,4 +1,4 @@
-"""Energy theft as the literature simulates it, applied to one day of a consumer.
+"""Energy theft as the literature simulates it: what a tampered meter does to its day.
 
 Jokar, Arianpoo and Leung (IEEE Trans. Smart Grid 7(1), 2016) define six
 false-data injections on a day's readings x_t (t = 1..96 here):
@@ -14,6 +14,9 @@ false-data injections on a day's readings x_t (t = 1..96 here):
 phases' current is partly diverted around the meter's current transformer, so
 the metered current and power of those phases fall by a factor ~ U(0.3, 0.8)
 while the voltage stays. Every attack returns new arrays; inputs are not changed.
+
+The meter simulator tampers with the days of the meters `kind_for` names (the
+demo's thieves); the fraud harness applies the same attacks to curves.
 """
 
 from __future__ import annotations
@@ -52,3 +55,14 @@ def bypass_phases(amps: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
     phases = rng.choice(3, size=int(rng.integers(1, 3)), replace=False)
     factors[phases] = rng.uniform(0.3, 0.8, len(phases))
     return amps * factors, factors
+
+
+def kind_for(seed: int, meter_id: int, share: float, large: bool) -> str | None:
+    """The attack this meter carries out, or None for an honest meter: deterministic in
+    (seed, meter id), so the simulator and whoever checks the ranking agree."""
+    rng = np.random.default_rng([seed, meter_id, 5])
+    if share <= 0 or rng.random() >= share:
+        return None
+    if large and rng.random() < 0.5:
+        return "phasor"
+    return str(rng.choice(CURVE_ATTACKS))
