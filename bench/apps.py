@@ -33,7 +33,7 @@ from common import write_results
 from securecloud.apps.billing import audit as audits
 from securecloud.apps.billing import tariff as tariffs
 from securecloud.apps.billing.bill import Period
-from securecloud.apps.billing.job import BillingContext, bill_meters, evidence_for
+from securecloud.apps.billing.job import BillingContext, bill_meters, evidence_for, items
 from securecloud.apps.fraud.evaluate import evaluate
 from securecloud.apps.metering.registry import Registry
 from securecloud.cli.billing import regulator_keys, utility_key
@@ -101,8 +101,8 @@ def billing(meters: int, data_dir: Path) -> dict:
             ids = list(range(1, meters + 1))
             started = time.perf_counter()
             bills = []
-            for i in range(0, len(ids), 256):
-                bills += bill_meters(context, ids[i : i + 256], period, int(time.time()))
+            for item in items(ids):
+                bills += bill_meters(context, item, period, int(time.time()))
             billing_s = time.perf_counter() - started
             audited, audit_s = 0, 0.0
             public = [context.utility_key.public_key()]

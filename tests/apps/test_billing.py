@@ -261,3 +261,8 @@ def test_windows_of_many_intervals_agree_with_one_at_a_time():
         assert [names[i] for i in tariff.windows_of(starts)] == [
             tariff.window_of(int(t)) for t in starts
         ]
+
+
+def test_meters_are_cut_into_items_within_a_segment_group():
+    assert job.items([5000, 1, 2, 4095, 4096]) == [[1, 2, 4095], [4096, 5000]]
+    assert [len(i) for i in job.items(list(range(1, 3001)))] == [1024, 1024, 952]

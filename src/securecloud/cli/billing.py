@@ -119,7 +119,7 @@ def run(
     stored in the KVS (bills/<start>+<days>d/<meter>.json)."""
     from rich.progress import Progress
 
-    from securecloud.apps.billing.job import BillingContext, bill_meters
+    from securecloud.apps.billing.job import BillingContext, bill_meters, items
     from securecloud.apps.metering.registry import Registry
     from securecloud.cli.kvs import _client
 
@@ -141,8 +141,8 @@ def run(
         started = time.perf_counter()
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("billing", total=len(chosen))
-            for i in range(0, len(chosen), 256):
-                made += bill_meters(context, chosen[i : i + 256], period, int(time.time()))
+            for item in items(chosen):
+                made += bill_meters(context, item, period, int(time.time()))
                 progress.update(task, completed=len(made))
     elapsed = time.perf_counter() - started
     summary = {

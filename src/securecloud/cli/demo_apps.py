@@ -26,7 +26,7 @@ def run(
     from securecloud.apps.billing import bill as bills
     from securecloud.apps.billing import tariff as tariffs
     from securecloud.apps.billing.bill import Period
-    from securecloud.apps.billing.job import BillingContext, bill_meters, load_signed
+    from securecloud.apps.billing.job import BillingContext, bill_meters, items, load_signed
     from securecloud.apps.fraud import detector
     from securecloud.apps.fraud.data import load as load_curves
     from securecloud.apps.fraud.evaluate import evaluate
@@ -53,8 +53,8 @@ def run(
         )
         began = time.perf_counter()
         made = []
-        for i in range(0, len(ids), 1024):
-            made += bill_meters(context, ids[i : i + 1024], period, int(time.time()))
+        for item in items(ids):
+            made += bill_meters(context, item, period, int(time.time()))
         billing_s = time.perf_counter() - began
         total = sum(Decimal(b["total"]) for b in made)
         by_window: dict[str, float] = {}
