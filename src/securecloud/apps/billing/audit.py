@@ -96,22 +96,14 @@ def audit(
     utility_keys: list,
     regulator_keys: list,
 ) -> AuditResult:
+    """The regulator's check of a bill against an evidence file (its JSON form)."""
     meter = bill.get("meter")
     hash_only = bool(evidence.get("hash_only"))
     result = AuditResult(meter, "hash-only" if hash_only else "full")
-    try:
-        bills.verify_bill_signature(bill, utility_keys)
-    except (SignatureError, KeyError) as exc:
-        result.fail("bill-signature", str(exc))
-        return result
     if evidence.get("type") != EVIDENCE_TYPE or evidence.get("meter") != meter:
         result.fail("evidence", "the evidence is not for this meter's bill")
         return result
-    if bill["tariff"] != tariff.reference:
-        result.fail("tariff", f"the bill used {bill['tariff']}, not {tariff.reference}")
-        return result
     try:
-        period = bills.Period.from_json(bill["period"])
         readings = [SignedReading.from_json(meter, d) for d in evidence["readings"]]
         opening = (
             None
@@ -119,6 +111,38 @@ def audit(
             else SignedReading.from_json(meter, evidence["opening"])
         )
         roots = {(r["authenticator"], r["seq"]): r for r in evidence["roots"]}
+    except EvidenceError as exc:
+        result.fail(exc.reason, str(exc))
+        return result
+    except (KeyError, TypeError, ValueError) as exc:
+        result.fail("evidence", f"malformed: {exc!r}")
+        return result
+    return check(bill, readings, opening, roots, tariff, utility_keys, regulator_keys, result)
+
+
+def check(
+    bill: dict,
+    readings: list[SignedReading],
+    opening: SignedReading | None,
+    roots: dict,
+    tariff: Tariff,
+    utility_keys: list,
+    regulator_keys: list,
+    result: AuditResult | None = None,
+) -> AuditResult:
+    """Every check on parsed evidence: `audit` parses the JSON form first; a verifier
+    that holds the signed readings already calls this directly."""
+    result = result or AuditResult(bill.get("meter"), "full")
+    try:
+        bills.verify_bill_signature(bill, utility_keys)
+    except (SignatureError, KeyError) as exc:
+        result.fail("bill-signature", str(exc))
+        return result
+    if bill["tariff"] != tariff.reference:
+        result.fail("tariff", f"the bill used {bill['tariff']}, not {tariff.reference}")
+        return result
+    try:
+        period = bills.Period.from_json(bill["period"])
         result.readings = len(readings)
         verify_readings(readings + ([opening] if opening else []), roots, regulator_keys)
     except EvidenceError as exc:
@@ -127,7 +151,7 @@ def audit(
     except (KeyError, TypeError, ValueError) as exc:
         result.fail("evidence", f"malformed: {exc!r}")
         return result
-    if hash_only:
+    if result.mode == "hash-only":
         _hash_only(bill, readings, opening, period, result)
     else:
         _full(bill, readings, opening, period, tariff, result)
