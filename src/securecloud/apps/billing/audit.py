@@ -111,12 +111,8 @@ def audit(
             else SignedReading.from_json(meter, evidence["opening"])
         )
         roots = {(r["authenticator"], r["seq"]): r for r in evidence["roots"]}
-    except EvidenceError as exc:
-        result.fail(exc.reason, str(exc))
-        return result
-    except (KeyError, TypeError, ValueError) as exc:
-        result.fail("evidence", f"malformed: {exc!r}")
-        return result
+    except (EvidenceError, KeyError, TypeError, ValueError) as exc:
+        return _refused(result, exc)
     return check(bill, readings, opening, roots, tariff, utility_keys, regulator_keys, result)
 
 
@@ -145,16 +141,20 @@ def check(
         period = bills.Period.from_json(bill["period"])
         result.readings = len(readings)
         verify_readings(readings + ([opening] if opening else []), roots, regulator_keys)
-    except EvidenceError as exc:
-        result.fail(exc.reason, str(exc))
-        return result
-    except (KeyError, TypeError, ValueError) as exc:
-        result.fail("evidence", f"malformed: {exc!r}")
-        return result
+    except (EvidenceError, KeyError, TypeError, ValueError) as exc:
+        return _refused(result, exc)
     if result.mode == "hash-only":
         _hash_only(bill, readings, opening, period, result)
     else:
         _full(bill, readings, opening, period, tariff, result)
+    return result
+
+
+def _refused(result: AuditResult, exc: Exception) -> AuditResult:
+    if isinstance(exc, EvidenceError):
+        result.fail(exc.reason, str(exc))
+    else:
+        result.fail("evidence", f"malformed: {exc!r}")
     return result
 
 
