@@ -14,6 +14,7 @@ metrics.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import itertools
@@ -95,9 +96,9 @@ class MeterConnection(asyncio.Protocol):
         CONNECTIONS.dec()
 
 
-class Batcher:
+class Batcher(abc.ABC):
     """Frames for one destination, sent when `batch_frames` are pending or after
-    `batch_delay` s."""
+    `batch_delay` s; subclasses say how a batch leaves (`emit`)."""
 
     def __init__(self, aggregator: Aggregator):
         self.aggregator = aggregator
@@ -122,8 +123,8 @@ class Batcher:
             batch, self.pending = self.pending, []
             self.emit(batch)
 
-    def emit(self, batch: list[tuple[int, bytes]]) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def emit(self, batch: list[tuple[int, bytes]]) -> None: ...
 
 
 class Upstream(Batcher):
