@@ -25,7 +25,7 @@ def ingest_platform(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("ingest")
     supervisor = Supervisor(data_dir)
     ports = IngestPorts(free_port(), free_port(), free_port(), free_port())
-    supervisor.up(free_port(), free_port(), None, free_port(), ports)
+    supervisor.up(free_port(), free_port(), free_port(), free_port(), ports)  # with Asperathos
     yield data_dir, supervisor, ports
     supervisor.stop_all()
 
@@ -156,3 +156,28 @@ def test_bills_from_the_kvs_pass_the_regulators_check_and_a_changed_one_fails(
     assert refused.returncode == 1 and "bill-signature" in refused.stdout
     bad = cli(data_dir, "billing", "run", "--start", "2026-13-01", check=False)
     assert bad.returncode != 0 and "start" in bad.stdout + bad.stderr
+
+
+def test_billing_runs_as_an_asperathos_job_on_attested_workers(ingest_platform, tmp_path):
+    """The batch manager writes the `billing` CAS session from the task's policy fragment:
+    the workers get the KVS key, the utility key and the regulator's keys after attestation."""
+    data_dir, _supervisor, _ports = ingest_platform
+    done = cli(
+        data_dir, "billing", "submit", "--start", "2026-03-03", "--days", "2",
+        "--meters", "21-60",
+    )  # fmt: skip
+    assert "finished" in done.stdout
+    with _client(data_dir, None) as kvs:
+        stored = [i["key"] for i in kvs.list(store.BUCKET, "bills/2026-03-03+2d/", "", 1000)]
+    assert {f"bills/2026-03-03+2d/{m:010d}.json" for m in range(21, 61)} <= set(stored)
+    out = tmp_path / "job"
+    cli(data_dir, "billing", "export", "33", "--start", "2026-03-03", "--days", "2",
+        "--out", str(out))  # fmt: skip
+    bill = json.loads((out / "bill.json").read_text())
+    public = (data_dir / "billing" / "utility.pub.pem").read_bytes()
+    from securecloud.crypto import fingerprint, load_public_key_pem
+
+    assert bill["issuer"] == fingerprint(load_public_key_pem(public))  # the key CAS holds
+    verified = cli(data_dir, "billing", "verify", str(out / "bill.json"), "--evidence",
+                   str(out / "evidence.json"), "--json")  # fmt: skip
+    assert json.loads(verified.stdout)["ok"]

@@ -18,6 +18,7 @@ from securecloud.cli.common import (
     fail,
     handle_errors,
     print_json,
+    service_url,
 )
 
 app = typer.Typer(
@@ -163,6 +164,89 @@ def run(
             f"({summary['with_gaps']} bills list gaps); total {summary['total']} "
             f"({summary['consumers_per_s']} consumers/s)"
         )
+
+
+@app.command()
+@handle_errors
+def submit(
+    start: Start,
+    days: Days = 30,
+    meters: Annotated[
+        str | None, typer.Option(help="Meters to bill: N, N-M, comma separated (default all).")
+    ] = None,
+    tariff: TariffOption = "tarifa-branca",
+    large_tariff: Annotated[
+        str, typer.Option(help="Tariff of supplies above 1 kV (with a demand charge).")
+    ] = "green-a4",
+    workers: Annotated[int, typer.Option(help="Attested workers at start.", min=1)] = 1,
+    deadline: Annotated[float, typer.Option(help="Seconds the job should take at most.")] = 600,
+    wait: Annotated[bool, typer.Option(help="Wait for the job and print its outcome.")] = True,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Bill meters as an Asperathos job: attested batch workers that get the KVS key, the
+    utility's signing key and the regulator's keys from CAS (the `billing` session)."""
+    from securecloud.apps.billing.batch import SESSION, item
+    from securecloud.apps.billing.job import items
+    from securecloud.apps.metering.registry import Registry
+    from securecloud.cli.batch import _client as batch_client
+    from securecloud.cli.kvs import _client
+
+    period = _period(start, days)
+    for spec in (tariff, large_tariff):
+        _tariff(spec)  # refuse a bad tariff before anything runs
+    with _client(data_dir, None) as kvs:
+        registry = Registry.load(kvs)
+    chosen = _meters(meters, registry)
+    if unknown := [m for m in chosen if registry.get(m) is None]:
+        fail(f"meters: {unknown[:5]} not in the registry")
+    work = [item(group, period.start, period.days, tariff, large_tariff) for group in items(chosen)]
+    document = {
+        "plugin": "local",
+        "plugin_info": {
+            "entry_point": "billing",
+            "init_size": workers,
+            "redis_workload": work,
+            "control_plugin": "kubejobs",
+            "control_parameters": {"min_rep": 1, "max_rep": max(workers, 2)},
+            "monitor_plugin": "kubejobs",
+            "monitor_info": {"expected_time": deadline},
+            "max_retries": 2,
+            "lease_seconds": 900,
+        },
+    }
+    with batch_client(data_dir, None, None) as client:
+        run_id = client.submit(document)["id"]
+        console.print(f"submitted {run_id}: {len(chosen)} meters in {len(work)} items")
+        if not wait:
+            return
+        while (run := client.status(run_id))["status"] not in ("finished", "failed", "stopped"):
+            time.sleep(0.5)
+    _save_utility_key(data_dir, SESSION)
+    prefix = f"bills/{period.start.isoformat()}+{period.days}d/"
+    with _client(data_dir, None) as kvs:
+        stored = len(kvs.list("metering", prefix, "", 1000))
+    sample = run.get("last_sample") or {}
+    console.print(
+        f"{run_id} {run['status']}: {sample.get('done', 0)}/{sample.get('total', 0)} items; "
+        f"{stored} bills under {prefix} (first 1,000 counted)"
+    )
+    if run["status"] != "finished":
+        raise typer.Exit(1)
+
+
+def _save_utility_key(data_dir: Path, session: str) -> None:
+    """The public half of the job's signing key, for regulators (from CAS, as owner)."""
+    from securecloud.infra.cas.client import owner_client
+    from securecloud.runtime.durable import atomic_write
+
+    with owner_client(
+        service_url(data_dir, "cas", "https://127.0.0.1:8081"),
+        data_dir / "cas" / "ca.crt",
+        data_dir / "identity",
+    ) as cas:
+        public = cas.show(session)["secrets"]["utility_key"]["public_key"]
+    (data_dir / "billing").mkdir(parents=True, exist_ok=True)
+    atomic_write(data_dir / "billing" / "utility.pub.pem", public.encode(), mode=0o644)
 
 
 @app.command()

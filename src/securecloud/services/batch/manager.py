@@ -35,7 +35,7 @@ from securecloud.services.batch.queue import open_queue
 from securecloud.services.batch.report import plot_png
 from securecloud.services.batch.runner import Run, Runner
 from securecloud.services.batch.submission import Submission, parse_submission
-from securecloud.services.batch.tasks import task_names
+from securecloud.services.batch.tasks import task_names, task_policy
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 8082
@@ -276,23 +276,30 @@ class Manager:
             "SECURECLOUD_BATCH_LEASE": str(sub.lease_seconds),
             "SECURECLOUD_BATCH_MAX_RETRIES": str(sub.max_retries),
         }
+        fragment: dict = {}
         if sub.cmd:
             environment["SECURECLOUD_BATCH_CMD"] = json.dumps(list(sub.cmd))
         else:
             environment["SECURECLOUD_BATCH_TASK"] = sub.entry_point
-        session = f"batch-{run.id}"
+            fragment = task_policy(sub.entry_point, self.config.data_dir)
+        environment.update(fragment.get("environment", {}))
+        session = fragment.get("session", f"batch-{run.id}")
+        service = {
+            "name": "worker",
+            "mrenclaves": [measure(load_manifest("batch-worker"))],
+            "environment": environment,
+            "heap_mb": sub.enclave_heap_mb,
+        }
+        if fragment.get("injection_files"):
+            service["injection_files"] = fragment["injection_files"]
         policy = {
             "name": session,
-            "services": [
-                {
-                    "name": "worker",
-                    "mrenclaves": [measure(load_manifest("batch-worker"))],
-                    "environment": environment,
-                    "heap_mb": sub.enclave_heap_mb,
-                }
-            ],
+            "services": [service],
             "security": {"attestation": {"tolerate": ["simulation"]}},
         }
+        for key in ("secrets", "imports"):
+            if fragment.get(key):
+                policy[key] = fragment[key]
         cas_ca = self.config.cas_ca or self.config.data_dir / "cas" / "ca.crt"
         identity = self.config.identity or self.config.data_dir / "identity"
         with owner_client(self.config.cas_url, cas_ca, identity) as client:

@@ -13,6 +13,11 @@ import time
 from collections.abc import Callable
 
 TASK_GROUP = "securecloud.batch.tasks"
+# A task that needs secrets (keys, KVS credentials) registers, under the same name in
+# this group, a callable(data_dir) -> policy fragment that the manager merges into the
+# worker's CAS session: {"session": fixed session name (optional), "environment": {},
+# "injection_files": [], "secrets": [], "imports": []}.
+POLICY_GROUP = "securecloud.batch.policies"
 
 
 def sleep(item: str) -> None:
@@ -48,6 +53,14 @@ def load_task(name: str) -> Callable[[str], None]:
             return ep.load()
     known = ", ".join(sorted(ep.name for ep in importlib.metadata.entry_points(group=TASK_GROUP)))
     raise LookupError(f"no task named {name!r} (registered: {known})")
+
+
+def task_policy(name: str, data_dir) -> dict:
+    """The policy fragment task `name` asks for (empty when it needs nothing)."""
+    for ep in importlib.metadata.entry_points(group=POLICY_GROUP):
+        if ep.name == name:
+            return ep.load()(data_dir)
+    return {}
 
 
 def task_names() -> list[str]:

@@ -24,7 +24,10 @@ from securecloud.runtime.measurement import measure
 SESSION = "kvs"
 # API keys of platform services, each exported to the CAS session of that name
 # (which imports it as `kvs_secret`): tenant -> bucket scopes.
-TENANTS = {"metering": {"metering": ["read", "write", "admin"]}}
+TENANTS = {
+    "metering": {"metering": ["read", "write", "admin"]},
+    "billing": {"metering": ["read", "write"]},  # billing jobs read readings, write bills
+}
 
 
 @dataclass(frozen=True)
