@@ -35,6 +35,14 @@ TariffOption = Annotated[
 ]
 
 
+MetersOption = Annotated[
+    str | None, typer.Option(help="Meters to bill: N, N-M, comma separated (default all).")
+]
+LargeTariffOption = Annotated[
+    str, typer.Option(help="Tariff of supplies above 1 kV (with a demand charge).")
+]
+
+
 def _period(start: str, days: int):
     from securecloud.apps.billing.bill import Period
 
@@ -85,6 +93,14 @@ def regulator_keys(path: Path) -> list:
     return [load_public_key_pem(p.encode()) for p in json.loads(path.read_text())["signing_keys"]]
 
 
+def _chosen(spec: str | None, registry) -> list[int]:
+    """The meters `spec` names, all of them registered (else a clear error)."""
+    chosen = _meters(spec, registry)
+    if unknown := [m for m in chosen if registry.get(m) is None]:
+        fail(f"meters: {unknown[:5]} not in the registry")
+    return chosen
+
+
 def _meters(spec: str | None, registry) -> list[int]:
     if spec is None:
         return sorted(m for m, r in registry.records.items() if not r.revoked)
@@ -102,13 +118,9 @@ def _meters(spec: str | None, registry) -> list[int]:
 def run(
     start: Start,
     days: Days = 30,
-    meters: Annotated[
-        str | None, typer.Option(help="Meters to bill: N, N-M, comma separated (default all).")
-    ] = None,
+    meters: MetersOption = None,
     tariff: TariffOption = "tarifa-branca",
-    large_tariff: Annotated[
-        str, typer.Option(help="Tariff of supplies above 1 kV (with a demand charge).")
-    ] = "green-a4",
+    large_tariff: LargeTariffOption = "green-a4",
     as_json: Annotated[bool, typer.Option("--json", help="Print the bills' summary as JSON.")] = (
         False
     ),
@@ -127,9 +139,7 @@ def run(
     period = _period(start, days)
     with _client(data_dir, None) as kvs:
         registry = Registry.load(kvs)
-        chosen = _meters(meters, registry)
-        if unknown := [m for m in chosen if registry.get(m) is None]:
-            fail(f"meters: {unknown[:5]} not in the registry")
+        chosen = _chosen(meters, registry)
         small = _tariff(tariff)
         context = BillingContext(
             kvs,
@@ -171,13 +181,9 @@ def run(
 def submit(
     start: Start,
     days: Days = 30,
-    meters: Annotated[
-        str | None, typer.Option(help="Meters to bill: N, N-M, comma separated (default all).")
-    ] = None,
+    meters: MetersOption = None,
     tariff: TariffOption = "tarifa-branca",
-    large_tariff: Annotated[
-        str, typer.Option(help="Tariff of supplies above 1 kV (with a demand charge).")
-    ] = "green-a4",
+    large_tariff: LargeTariffOption = "green-a4",
     workers: Annotated[int, typer.Option(help="Attested workers at start.", min=1)] = 1,
     deadline: Annotated[float, typer.Option(help="Seconds the job should take at most.")] = 600,
     wait: Annotated[bool, typer.Option(help="Wait for the job and print its outcome.")] = True,
@@ -195,10 +201,7 @@ def submit(
     for spec in (tariff, large_tariff):
         _tariff(spec)  # refuse a bad tariff before anything runs
     with _client(data_dir, None) as kvs:
-        registry = Registry.load(kvs)
-    chosen = _meters(meters, registry)
-    if unknown := [m for m in chosen if registry.get(m) is None]:
-        fail(f"meters: {unknown[:5]} not in the registry")
+        chosen = _chosen(meters, Registry.load(kvs))
     work = [item(group, period.start, period.days, tariff, large_tariff) for group in items(chosen)]
     document = {
         "plugin": "local",
