@@ -33,9 +33,10 @@ from common import write_results
 from securecloud.apps.billing import audit as audits
 from securecloud.apps.billing import tariff as tariffs
 from securecloud.apps.billing.bill import Period
-from securecloud.apps.billing.job import BillingContext, bill_meters, evidence_for, items
+from securecloud.apps.billing.job import BillingContext, bill_meters, evidence_for
 from securecloud.apps.fraud.evaluate import evaluate
 from securecloud.apps.metering.registry import Registry
+from securecloud.apps.metering.store import items
 from securecloud.cli.billing import regulator_keys, utility_key
 from securecloud.cli.kvs import _client
 from securecloud.cli.meters import run_fleet

@@ -13,7 +13,7 @@ from securecloud.apps.billing import bill as bills
 from securecloud.apps.billing import job
 from securecloud.apps.billing import tariff as tariffs
 from securecloud.apps.billing.evidence import EvidenceError, from_segment, verify_readings
-from securecloud.apps.metering import frames
+from securecloud.apps.metering import frames, store
 from securecloud.apps.metering.authenticator import Authenticator
 from securecloud.apps.metering.meter import MeterSession
 from securecloud.apps.metering.model import consumer_for, day_readings
@@ -264,5 +264,5 @@ def test_windows_of_many_intervals_agree_with_one_at_a_time():
 
 
 def test_meters_are_cut_into_items_within_a_segment_group():
-    assert job.items([5000, 1, 2, 4095, 4096]) == [[1, 2, 4095], [4096, 5000]]
-    assert [len(i) for i in job.items(list(range(1, 3001)))] == [1024, 1024, 952]
+    assert store.items([5000, 1, 2, 4095, 4096]) == [[1, 2, 4095], [4096, 5000]]
+    assert [len(i) for i in store.items(list(range(1, 3001)))] == [1024, 1024, 952]

@@ -1,6 +1,7 @@
 """The whole ingestion path with real processes: LAS, CAS, KVS gateway, the attested
 authenticator, an aggregator, simulator processes; and kill -9 of the authenticator."""
 
+import itertools
 import json
 import os
 import signal
@@ -181,3 +182,18 @@ def test_billing_runs_as_an_asperathos_job_on_attested_workers(ingest_platform, 
     verified = cli(data_dir, "billing", "verify", str(out / "bill.json"), "--evidence",
                    str(out / "evidence.json"), "--json")  # fmt: skip
     assert json.loads(verified.stdout)["ok"]
+
+
+def test_fraud_scoring_runs_as_an_asperathos_job_and_ranks_every_meter(ingest_platform):
+    data_dir, _supervisor, _ports = ingest_platform
+    done = cli(
+        data_dir, "fraud", "submit", "--day", "2026-03-04", "--history", "2",
+        "--meters", "1-60",
+    )  # fmt: skip
+    assert "finished" in done.stdout
+    rows = json.loads(cli(data_dir, "fraud", "ranking", "--day", "2026-03-04", "--json").stdout)
+    assert sorted(r["meter"] for r in rows) == list(range(1, 61))
+    assert [r["rank"] for r in rows] == list(range(1, 61))
+    assert all(a["risk"] >= b["risk"] for a, b in itertools.pairwise(rows))
+    missing = cli(data_dir, "fraud", "ranking", "--day", "2026-04-01", check=False)
+    assert missing.returncode != 0 and "no scores" in missing.stdout + missing.stderr

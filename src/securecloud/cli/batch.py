@@ -235,3 +235,32 @@ def stop(
     """Stop a submission: workers finish their current item, the rest stays in the queue."""
     with _client(data_dir, url, token) as client:
         console.print(client.stop(run_id)["status"])
+
+
+def run_job(
+    data_dir: Path, entry_point: str, items: list[str], workers: int, deadline: float
+) -> dict:
+    """Submit `items` to the registered task `entry_point` on attested local workers and
+    wait for the job to end; returns its final status."""
+    import time
+
+    document = {
+        "plugin": "local",
+        "plugin_info": {
+            "entry_point": entry_point,
+            "init_size": workers,
+            "redis_workload": items,
+            "control_plugin": "kubejobs",
+            "control_parameters": {"min_rep": 1, "max_rep": max(workers, 2)},
+            "monitor_plugin": "kubejobs",
+            "monitor_info": {"expected_time": deadline},
+            "max_retries": 2,
+            "lease_seconds": 900,
+        },
+    }
+    with _client(data_dir, None, None) as client:
+        run_id = client.submit(document)["id"]
+        console.print(f"submitted {run_id}: {len(items)} items of task {entry_point}")
+        while (run := client.status(run_id))["status"] not in ("finished", "failed", "stopped"):
+            time.sleep(0.5)
+    return run

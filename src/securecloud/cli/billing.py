@@ -132,8 +132,9 @@ def run(
     stored in the KVS (bills/<start>+<days>d/<meter>.json)."""
     from rich.progress import Progress
 
-    from securecloud.apps.billing.job import BillingContext, bill_meters, items
+    from securecloud.apps.billing.job import BillingContext, bill_meters
     from securecloud.apps.metering.registry import Registry
+    from securecloud.apps.metering.store import items
     from securecloud.cli.kvs import _client
 
     period = _period(start, days)
@@ -186,15 +187,17 @@ def submit(
     large_tariff: LargeTariffOption = "green-a4",
     workers: Annotated[int, typer.Option(help="Attested workers at start.", min=1)] = 1,
     deadline: Annotated[float, typer.Option(help="Seconds the job should take at most.")] = 600,
-    wait: Annotated[bool, typer.Option(help="Wait for the job and print its outcome.")] = True,
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ) -> None:
-    """Bill meters as an Asperathos job: attested batch workers that get the KVS key, the
-    utility's signing key and the regulator's keys from CAS (the `billing` session)."""
+    """Bill meters as an Asperathos job, and wait for it.
+
+    Attested batch workers get the KVS key, the utility's signing key and the regulator's
+    keys from CAS (the `billing` session); the signing key's public half is written to
+    <data dir>/billing/utility.pub.pem. Exit 1 unless the job finished."""
     from securecloud.apps.billing.batch import SESSION, item
-    from securecloud.apps.billing.job import items
     from securecloud.apps.metering.registry import Registry
-    from securecloud.cli.batch import _client as batch_client
+    from securecloud.apps.metering.store import items
+    from securecloud.cli.batch import run_job
     from securecloud.cli.kvs import _client
 
     period = _period(start, days)
@@ -203,34 +206,14 @@ def submit(
     with _client(data_dir, None) as kvs:
         chosen = _chosen(meters, Registry.load(kvs))
     work = [item(group, period.start, period.days, tariff, large_tariff) for group in items(chosen)]
-    document = {
-        "plugin": "local",
-        "plugin_info": {
-            "entry_point": "billing",
-            "init_size": workers,
-            "redis_workload": work,
-            "control_plugin": "kubejobs",
-            "control_parameters": {"min_rep": 1, "max_rep": max(workers, 2)},
-            "monitor_plugin": "kubejobs",
-            "monitor_info": {"expected_time": deadline},
-            "max_retries": 2,
-            "lease_seconds": 900,
-        },
-    }
-    with batch_client(data_dir, None, None) as client:
-        run_id = client.submit(document)["id"]
-        console.print(f"submitted {run_id}: {len(chosen)} meters in {len(work)} items")
-        if not wait:
-            return
-        while (run := client.status(run_id))["status"] not in ("finished", "failed", "stopped"):
-            time.sleep(0.5)
+    run = run_job(data_dir, "billing", work, workers, deadline)
     _save_utility_key(data_dir, SESSION)
     prefix = f"bills/{period.start.isoformat()}+{period.days}d/"
     with _client(data_dir, None) as kvs:
         stored = len(kvs.list("metering", prefix, "", 1000))
     sample = run.get("last_sample") or {}
     console.print(
-        f"{run_id} {run['status']}: {sample.get('done', 0)}/{sample.get('total', 0)} items; "
+        f"{run['id']} {run['status']}: {sample.get('done', 0)}/{sample.get('total', 0)} items; "
         f"{stored} bills under {prefix} (first 1,000 counted)"
     )
     if run["status"] != "finished":

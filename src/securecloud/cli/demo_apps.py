@@ -26,11 +26,12 @@ def run(
     from securecloud.apps.billing import bill as bills
     from securecloud.apps.billing import tariff as tariffs
     from securecloud.apps.billing.bill import Period
-    from securecloud.apps.billing.job import BillingContext, bill_meters, items, load_signed
+    from securecloud.apps.billing.job import BillingContext, bill_meters, load_signed
     from securecloud.apps.fraud import detector
     from securecloud.apps.fraud.data import load as load_curves
     from securecloud.apps.fraud.evaluate import evaluate
     from securecloud.apps.metering.registry import Registry
+    from securecloud.apps.metering.store import items
     from securecloud.cli import report
     from securecloud.cli.billing import regulator_keys, utility_key
     from securecloud.cli.kvs import _client

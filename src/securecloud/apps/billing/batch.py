@@ -29,29 +29,21 @@ SESSION = "billing"
 
 def policy(data_dir: Path) -> dict:
     """The fragment of the worker's CAS session (services.batch.tasks.POLICY_GROUP)."""
-    from securecloud.infra.supervisor import Supervisor
+    from securecloud.services.kvs.deploy import tenant_access
 
-    kvs = next((r for r in Supervisor(data_dir).running() if r.name == "kvs"), None)
-    if kvs is None:
-        raise RuntimeError("billing jobs need the KVS gateway: start it first")
-    kvs_doc = {
-        "url": kvs.url,
-        "ca": (data_dir / "kvs" / "ca.crt").read_text(),
-        "key_id": SESSION,
-        "secret": "$$SC::kvs_secret$$",
-    }
+    access = tenant_access(data_dir, SESSION, "billing/kvs.json")
     regulator = (data_dir / "metering" / "regulator.json").read_text()
     return {
         "session": SESSION,
         "injection_files": [
-            {"path": "billing/kvs.json", "content": json.dumps(kvs_doc)},
+            *access["injection_files"],
             {"path": "billing/utility.pem", "content": "$$SC::utility_key$$"},
             {"path": "billing/regulator.json", "content": regulator},
         ],
         "secrets": [
             {"name": "utility_key", "kind": "private-key", "algorithm": "p256", "migrate": True}
         ],
-        "imports": [{"session": "kvs", "secret": f"{SESSION}_secret", "as": "kvs_secret"}],
+        "imports": access["imports"],
     }
 
 
@@ -75,19 +67,15 @@ def run(payload: str) -> None:
     from securecloud.apps.billing.job import BillingContext, bill_meters
     from securecloud.apps.metering.registry import Registry
     from securecloud.crypto import load_private_key_pem, load_public_key_pem
-    from securecloud.services.kvs.client import KvsClient
+    from securecloud.services.kvs.deploy import injected_client
 
     doc = json.loads(payload)
     period = Period(dt.date.fromisoformat(doc["start"]), int(doc["days"]))
-    kvs_doc = json.loads(Path("billing/kvs.json").read_text())
-    Path("billing/kvs-ca.crt").write_text(kvs_doc["ca"])
     regulator = json.loads(Path("billing/regulator.json").read_text())
     keys = [load_public_key_pem(p.encode()) for p in regulator["signing_keys"]]
     small = tariffs.builtin(doc.get("tariff", "tarifa-branca"))
     large = tariffs.builtin(doc.get("large_tariff", "green-a4"))
-    with KvsClient(
-        kvs_doc["url"], Path("billing/kvs-ca.crt").resolve(), kvs_doc["key_id"], kvs_doc["secret"]
-    ) as kvs:
+    with injected_client(Path("billing/kvs.json")) as kvs:
         context = BillingContext(
             kvs,
             Registry.load(kvs),

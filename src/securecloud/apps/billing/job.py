@@ -149,22 +149,6 @@ def bill_meters(
     return out
 
 
-ITEM_METERS = 1024  # meters billed together: each reads its group's segments once
-
-
-def items(meters: list[int]) -> list[list[int]]:
-    """Meters cut into billing items: within one segment group (4,096 meters), at most
-    ITEM_METERS each, so a segment is read by as few items as memory allows (a
-    segment's every record is verified, wanted or not)."""
-    by_group: dict[int, list[int]] = {}
-    for meter in sorted(meters):
-        by_group.setdefault(store.group_of(meter), []).append(meter)
-    out = []
-    for group in by_group.values():
-        out += [group[i : i + ITEM_METERS] for i in range(0, len(group), ITEM_METERS)]
-    return out
-
-
 def evidence_for(
     storage, meter: int, period: bills.Period, regulator_keys, hash_only: bool = False
 ) -> tuple[dict, dict]:

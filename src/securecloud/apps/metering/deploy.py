@@ -22,6 +22,7 @@ from securecloud.crypto.agreement import public_bytes
 from securecloud.runtime.durable import atomic_write
 from securecloud.runtime.manifest import load_manifest
 from securecloud.runtime.measurement import measure
+from securecloud.services.kvs.deploy import tenant_access
 
 SESSION = "metering"
 
@@ -56,13 +57,7 @@ class AuthenticatorDeployment:
     def policy(self, others: list[dict] = ()) -> dict:
         """The session with this authenticator; `others`: the other authenticators'
         service entries, kept as they are."""
-        kvs_ca = (self.data_dir / "kvs" / "ca.crt").read_text()
-        kvs_doc = {
-            "url": self.kvs_url,
-            "ca": kvs_ca,
-            "key_id": "metering",
-            "secret": "$$SC::kvs_secret$$",
-        }
+        access = tenant_access(self.data_dir, SESSION, "kvs.json", self.kvs_url)
         command = [
             "--name", self.name,
             "--host", self.host,
@@ -88,7 +83,7 @@ class AuthenticatorDeployment:
                         {"path": "keys/signing.pem", "content": "$$SC::signing_key$$"},
                         {"path": "tls/auth.crt", "content": "$$SC::auth_tls.crt$$"},
                         {"path": "tls/auth.key", "content": "$$SC::auth_tls.key$$"},
-                        {"path": "kvs.json", "content": json.dumps(kvs_doc)},
+                        *access["injection_files"],
                     ],
                     "heap_mb": 24,
                 },
@@ -119,7 +114,7 @@ class AuthenticatorDeployment:
                     "valid_for": 365,
                 },
             ],
-            "imports": [{"session": "kvs", "secret": "metering_secret", "as": "kvs_secret"}],
+            "imports": access["imports"],
             "security": {"attestation": {"tolerate": ["simulation"]}},
         }
 

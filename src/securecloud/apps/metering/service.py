@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import os
 import sys
@@ -44,6 +43,7 @@ from securecloud.infra.web import (
 )
 from securecloud.runtime.manifest import builtin_service
 from securecloud.services.kvs.client import KvsClient
+from securecloud.services.kvs.deploy import injected_client
 
 MANIFEST = builtin_service(
     "meter-authenticator", "securecloud.apps.metering.service:main", heap_mb=24
@@ -285,11 +285,7 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"meter-authenticator: {exc}", file=sys.stderr)
         return 2
-    kvs_doc = json.loads(Path("kvs.json").read_text())
-    Path("kvs-ca.crt").write_text(kvs_doc["ca"])
-    kvs = KvsClient(
-        kvs_doc["url"], Path("kvs-ca.crt").resolve(), kvs_doc["key_id"], kvs_doc["secret"]
-    )
+    kvs = injected_client(Path("kvs.json"))
     kvs.create_bucket(BUCKET)  # idempotent: the tenant owns its bucket
     registry = Registry.load(kvs)
     auth = Authenticator(

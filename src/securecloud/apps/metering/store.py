@@ -91,6 +91,21 @@ def group_of(meter_id: int) -> int:
     return meter_id // GROUP_SIZE
 
 
+ITEM_METERS = 1024  # meters a batch job item covers: readers of a group's segments
+
+
+def items(meters: list[int], size: int = ITEM_METERS) -> list[list[int]]:
+    """Meters cut into batch-job items within one segment group, at most `size` each, so
+    a segment is read (and all its records verified) by as few items as memory allows."""
+    by_group: dict[int, list[int]] = {}
+    for meter in sorted(meters):
+        by_group.setdefault(group_of(meter), []).append(meter)
+    out = []
+    for group in by_group.values():
+        out += [group[i : i + size] for i in range(0, len(group), size)]
+    return out
+
+
 def leaf_order(leaf: bytes) -> tuple[int, int, int, int]:
     """Sort key of a batch leaf: (group, day number, meter, counter); so each
     segment's share of a batch is one range."""

@@ -27,6 +27,7 @@ SESSION = "kvs"
 TENANTS = {
     "metering": {"metering": ["read", "write", "admin"]},
     "billing": {"metering": ["read", "write"]},  # billing jobs read readings, write bills
+    "fraud": {"metering": ["read", "write"]},  # fraud jobs read readings, write scores
 }
 
 
@@ -141,3 +142,36 @@ class GatewayDeployment:
             mode=0o644,
         )
         return f"{SESSION}/gateway"
+
+
+def tenant_access(data_dir: Path, tenant: str, path: str, kvs_url: str | None = None) -> dict:
+    """The CAS policy parts that give a service its KVS tenant key: an injected file
+    `path` with the gateway's URL and CA and the key (imported from this session as
+    `kvs_secret`), and the import itself. `kvs_url`: default the running gateway's."""
+    if kvs_url is None:
+        from securecloud.infra.supervisor import Supervisor
+
+        gateway = next((r for r in Supervisor(data_dir).running() if r.name == "kvs"), None)
+        if gateway is None:
+            raise RuntimeError(f"{tenant}: no KVS gateway runs in {data_dir}; start it first")
+        kvs_url = gateway.url
+    doc = {
+        "url": kvs_url,
+        "ca": (data_dir / "kvs" / "ca.crt").read_text(),
+        "key_id": tenant,
+        "secret": "$$SC::kvs_secret$$",
+    }
+    return {
+        "injection_files": [{"path": path, "content": json.dumps(doc)}],
+        "imports": [{"session": SESSION, "secret": f"{tenant}_secret", "as": "kvs_secret"}],
+    }
+
+
+def injected_client(path: Path):
+    """A KvsClient from a file `tenant_access` had CAS inject (inside the service)."""
+    from securecloud.services.kvs.client import KvsClient
+
+    doc = json.loads(path.read_text())
+    ca = path.with_name(path.stem + "-ca.crt")
+    ca.write_text(doc["ca"])
+    return KvsClient(doc["url"], ca.resolve(), doc["key_id"], doc["secret"])
