@@ -60,8 +60,10 @@ def bypass_phases(amps: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
 def kind_for(seed: int, meter_id: int, share: float, large: bool) -> str | None:
     """The attack this meter carries out, or None for an honest meter: deterministic in
     (seed, meter id), so the simulator and whoever checks the ranking agree."""
+    if share <= 0:  # no thieves: no generator per meter either
+        return None
     rng = np.random.default_rng([seed, meter_id, 5])
-    if share <= 0 or rng.random() >= share:
+    if rng.random() >= share:
         return None
     if large and rng.random() < 0.5:
         return "phasor"
