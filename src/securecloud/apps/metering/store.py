@@ -235,11 +235,6 @@ def decode_segment(data: bytes) -> Iterator[StoredReading]:
         yield StoredReading(meter, bytes(body[start + 12 : start + RECORD_SIZE]), seq, index)
 
 
-def segment_table(data: bytes) -> np.ndarray:
-    """The records as one NumPy structured array (RECORD_DTYPE), unverified."""
-    return np.frombuffer(_records(data), dtype=RECORD_DTYPE)
-
-
 @dataclass
 class VerifiedSegment:
     """A segment whose every record is a leaf of a batch with a signed root."""
@@ -302,13 +297,14 @@ def verify_segment(
     """Every record of the segment as a StoredReading, after `read_segment`'s checks;
     with `proofs`, each carries its audit path in its batch."""
     verified = read_segment(data, public_keys, checked, paths=proofs)
-    out = []
-    for record in decode_segment(data):
-        proof = ()
-        if proofs:
-            proof = tuple(verified.ranges[record.batch_seq].inclusion_proof(record.leaf_index))
-        out.append(dataclasses.replace(record, proof=proof) if proofs else record)
-    return out
+    if not proofs:
+        return list(decode_segment(data))
+    return [
+        dataclasses.replace(
+            r, proof=tuple(verified.ranges[r.batch_seq].inclusion_proof(r.leaf_index))
+        )
+        for r in decode_segment(data)
+    ]
 
 
 def _verify_root(header: dict, public_keys) -> None:
