@@ -221,6 +221,12 @@ def test_truncated_audit_log_is_refused_at_start(make_cas, tmp_path):
         ("name: x\nsecrets: [{name: k, kind: x509}]\n", "secrets[0].issuer"),
         ("name: x\nsecrets: [{name: k, kind: x509, issuer: nope}]\n", "secrets.k.issuer"),
         ("name: x\nsecrets: [{name: k, kind: aes-256, value: abc}]\n", "secrets[0].value"),
+        ("name: x\nsecrets: [{name: k, kind: ascii, ca: true}]\n", "secrets[0].ca"),
+        (
+            "name: x\nsecrets: [{name: r, kind: x509-ca},"
+            " {name: k, kind: x509, issuer: r, ca: true}]\n",
+            "secrets[1].san",
+        ),
         ("name: x\nsecrets: [{name: k, kind: ascii, migrate: true}]\n", "secrets[0].migrate"),
         (
             "name: x\nservices: [{name: s, mrenclaves: ['"
@@ -254,3 +260,35 @@ def test_policy_hash_ignores_formatting_but_not_content():
     b = parse_policy("secrets:\n  - kind: hex\n    name: k\n    size: 4\nname: x\n")
     c = parse_policy("name: x\nsecrets: [{name: k, kind: hex, size: 5}]\n")
     assert a.hash == b.hash != c.hash
+
+
+def test_an_issuing_ca_secret_signs_only_names_under_its_san(tmp_path):
+    """`ca: true`: an intermediate whose leaves verify under the session CA inside its
+    DNS subtree and are refused by any verifier outside it (name constraints)."""
+    import subprocess
+
+    from securecloud.crypto import generate_signing_key, load_private_key_pem
+    from securecloud.infra.cas import secrets
+    from securecloud.infra.cas.policy import SecretSpec
+
+    root = secrets.generate(SecretSpec("root", "x509-ca"), {})
+    spec = SecretSpec("issuer", "x509", issuer="root", san=("consumers.example",), ca=True)
+    issuer = secrets.generate(spec, {"root": root})
+    issuer_key = load_private_key_pem(issuer["key"].encode())
+    issuer_cert = ca.load_cert(issuer["crt"].encode())
+    (tmp_path / "root.pem").write_text(root["crt"])
+    (tmp_path / "chain.pem").write_text(issuer["crt"])
+    for domain, ok in (("consumers.example", True), ("elsewhere.example", False)):
+        key = generate_signing_key("p256")
+        cert = ca.issue(
+            issuer_key, issuer_cert, key.public_key(), common_name="c1", san=[f"c1.{domain}"]
+        )
+        (tmp_path / "leaf.pem").write_bytes(ca.cert_pem(cert))
+        result = subprocess.run(
+            ["openssl", "verify", "-CAfile", tmp_path / "root.pem", "-untrusted",
+             tmp_path / "chain.pem", tmp_path / "leaf.pem"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert (result.returncode == 0) == ok, result.stdout + result.stderr
+        if not ok:
+            assert "permitted subtree violation" in result.stdout + result.stderr

@@ -44,7 +44,8 @@ def make_ca(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=valid_days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        # path length 1: an x509 secret with `ca: true` is the one intermediate it may sign
+        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
         .add_extension(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False),
             critical=True,
@@ -79,7 +80,11 @@ def issue(
     valid_days: int = 365,
     client: bool = True,
     server: bool = True,
+    issuing: bool = False,
 ) -> x509.Certificate:
+    """A leaf certificate; with `issuing`, a CA that may sign only names under `san`
+    (name constraints, path length 0): its key can be released to attested code that
+    must mint certificates at handshake time without asking CAS."""
     now = _now()
     usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
         [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
@@ -92,12 +97,26 @@ def issue(
         .serial_number(int.from_bytes(os.urandom(16), "big") >> 1)
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=valid_days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.BasicConstraints(ca=issuing, path_length=0 if issuing else None), critical=True
+        )
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
         )
     )
+    if issuing:
+        return (
+            builder.add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                critical=True,
+            )
+            .add_extension(
+                x509.NameConstraints([x509.DNSName(name) for name in san], None), critical=True
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
     if san:
         builder = builder.add_extension(x509.SubjectAlternativeName(_san(san)), critical=False)
     return builder.sign(ca_key, hashes.SHA256())

@@ -75,10 +75,13 @@ class SecretSpec:
     valid_for: int = 365
     migrate: bool = False
     export: tuple[str, ...] = ()
+    ca: bool = False  # x509: an issuing CA confined to `san` (name constraints)
 
     def generation_params(self) -> tuple:
         """What must stay equal for a generated secret to survive an update."""
-        return (self.kind, self.size, self.algorithm, self.issuer, self.san, self.common_name)
+        return (
+            self.kind, self.size, self.algorithm, self.issuer, self.san, self.common_name, self.ca
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -264,6 +267,7 @@ def _secret(doc: Any, where: str) -> SecretSpec:
         "valid_for",
         "migrate",
         "export",
+        "ca",
     }
     doc = _mapping(doc, where, allowed)
     name = _str(doc, "name", where, required=True, pattern=NAME)
@@ -282,6 +286,7 @@ def _secret(doc: Any, where: str) -> SecretSpec:
         valid_for=_int(doc, "valid_for", where, 1, 3650, default=365),
         migrate=_bool(doc, "migrate", where),
         export=_strings(doc, "export", where, NAME),
+        ca=_bool(doc, "ca", where),
     )
     if spec.value is not None and kind not in ("ascii", "hex", "binary"):
         raise PolicyError(f"{where}.value: only ascii, hex and binary secrets take a value")
@@ -304,6 +309,12 @@ def _secret(doc: Any, where: str) -> SecretSpec:
         raise PolicyError(f"{where}.issuer: an x509 secret names the x509-ca secret that signs it")
     if kind != "x509" and (spec.issuer or spec.san):
         raise PolicyError(f"{where}: issuer and san apply to x509 secrets only")
+    if spec.ca and kind != "x509":
+        raise PolicyError(f"{where}.ca: applies to x509 secrets only")
+    if spec.ca and not spec.san:
+        raise PolicyError(
+            f"{where}.san: an issuing CA (ca: true) names the DNS subtrees it may sign"
+        )
     if spec.migrate and kind != "private-key":
         raise PolicyError(f"{where}.migrate: applies to private-key secrets only")
     if kind == "aes-256" and spec.size not in (None, 32):

@@ -9,6 +9,9 @@ rendered into a service's configuration through placeholders:
     $$SC::name.crt$$    x509 / x509-ca: the certificate (PEM)
     $$SC::name.key$$    x509: the private key (PEM); a CA key is never released
     $$SC::name.chain$$  x509: the issuing CA's certificate (PEM)
+
+An x509 secret with `ca: true` is an issuing CA confined to its SANs by name
+constraints; unlike an x509-ca, its key is released (`.key`) to attested code.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ def generate(spec: SecretSpec, issuers: dict[str, dict]) -> dict:
             common_name=spec.common_name or (spec.san[0] if spec.san else spec.name),
             san=spec.san,
             valid_days=spec.valid_for,
+            issuing=spec.ca,
         )
         return {
             "kind": kind,
