@@ -28,8 +28,9 @@ test-deps:
 	command -v rclone >/dev/null || missing="$$missing rclone"; \
 	command -v nats-server >/dev/null || test -x /usr/sbin/nats-server || missing="$$missing nats-server"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing$$missing (tests run a real Redis and the rclone S3 client)"; \
+	  echo "installing$$missing (tests run real servers: Redis, NATS, HAProxy, Chromium, rclone)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 

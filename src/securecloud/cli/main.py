@@ -12,6 +12,7 @@ from securecloud.cli import (
     las,
     meters,
     platform,
+    portal,
     runtime,
 )
 from securecloud.cli.demo import demo
@@ -31,6 +32,7 @@ app.add_typer(meters.app, name="meters")
 app.add_typer(ingest.app, name="ingest")
 app.add_typer(billing.app, name="billing")
 app.add_typer(fraud.app, name="fraud")
+app.add_typer(portal.app, name="portal")
 app.command()(demo)
 app.command()(platform.up)
 app.command()(platform.status)

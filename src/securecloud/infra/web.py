@@ -13,6 +13,7 @@ the ASGI scope, so `PeerCertProtocol` adds it as the ASGI TLS extension does
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -183,6 +184,22 @@ def serve(app: FastAPI, host: str, port: int, tls: TlsFiles | None = None) -> No
     if tls is not None:
         config.ssl = server_ssl_context(tls)
     uvicorn.Server(config).run()
+
+
+class EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that runs beside others on one event loop: the process, not
+    each server, owns SIGTERM/SIGINT (uvicorn's own handlers would re-raise them)."""
+
+    def __init__(self, app: FastAPI, host: str, port: int):
+        super().__init__(
+            uvicorn.Config(
+                app, host=host, port=port, http=PeerCertProtocol, log_config=None, access_log=False
+            )
+        )
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
 
 
 class ApiClient:

@@ -50,6 +50,11 @@ class KvsClient(ApiClient):
     def get(self, bucket: str, key: str) -> bytes:
         return self._call("GET", f"/v1/{bucket}/{key}").content
 
+    def get_versioned(self, bucket: str, key: str) -> tuple[bytes, int]:
+        """The object and its version (for a later put with if_match)."""
+        response = self._call("GET", f"/v1/{bucket}/{key}")
+        return response.content, int(response.headers["x-object-version"])
+
     def head(self, bucket: str, key: str) -> dict[str, str]:
         return dict(self._call("HEAD", f"/v1/{bucket}/{key}").headers)
 

@@ -28,6 +28,7 @@ TENANTS = {
     "metering": {"metering": ["read", "write", "admin"]},
     "billing": {"metering": ["read", "write"]},  # billing jobs read readings, write bills
     "fraud": {"metering": ["read", "write"]},  # fraud jobs read readings, write scores
+    "portal": {"portal": ["read", "write"]},  # portal instances: consumers' databases
 }
 
 
