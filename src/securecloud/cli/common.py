@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from securecloud.crypto.errors import CryptoError
+from securecloud.infra.api_client import ServiceError
 from securecloud.infra.supervisor import SupervisorError
-from securecloud.infra.web import ServiceError
 from securecloud.runtime.errors import EnclaveError
 
 console = Console(stderr=False, highlight=False)

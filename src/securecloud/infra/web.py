@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,19 +31,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-
-class ServiceError(Exception):
-    """An error with an HTTP status and a stable reason code; subclassed per package."""
-
-    status = 400
-    reason = "bad-request"
-
-    def __init__(self, message: str, *, reason: str | None = None, status: int | None = None):
-        super().__init__(message)
-        if reason is not None:
-            self.reason = reason
-        if status is not None:
-            self.status = status
+from securecloud.infra.api_client import ServiceError
 
 
 class JsonFormatter(logging.Formatter):
@@ -200,38 +187,3 @@ class EmbeddedServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self):
         yield
-
-
-class ApiClient:
-    """Base of the clients of our HTTP services: one place that turns transport
-    failures and `{"detail", "reason"}` error bodies into the service's exception."""
-
-    error: type[ServiceError] = ServiceError
-
-    def __init__(self, http: httpx.Client):
-        self._http = http
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def _call(self, method: str, path: str, **kw) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kw)
-        except httpx.HTTPError as exc:
-            raise self.error(
-                f"{self._http.base_url} unreachable: {exc}", reason="unreachable", status=503
-            ) from exc
-        if response.status_code >= 400:
-            try:
-                doc = response.json()
-                detail, reason = doc.get("detail"), doc.get("reason", "error")
-            except ValueError:
-                detail, reason = response.text, "error"
-            raise self.error(str(detail), reason=reason, status=response.status_code)
-        return response

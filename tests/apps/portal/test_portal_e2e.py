@@ -7,7 +7,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import replace
 
@@ -18,7 +17,7 @@ from securecloud.apps.portal.client import Credentials, PortalError, PortalSessi
 from securecloud.apps.portal.haproxy import start_haproxy
 from securecloud.apps.portal.names import server_name
 from securecloud.apps.portal.provision import consumer_dir, provision
-from securecloud.apps.portal.service import Portal, PortalConfig
+from securecloud.apps.portal.service import BackgroundPortal, PortalConfig
 from securecloud.cli.common import service_url
 from securecloud.cli.kvs import _client
 from securecloud.infra.supervisor import Supervisor, free_port
@@ -39,11 +38,9 @@ def data_dir(tmp_path_factory):
         supervisor.stop_all()
 
 
-class RunningPortal:
-    """A Portal on its own event loop in a thread, as `portal serve` runs it."""
-
-    def __init__(self, data_dir, **kw):
-        self.config = PortalConfig(
+def RunningPortal(data_dir, **kw) -> BackgroundPortal:
+    return BackgroundPortal(
+        PortalConfig(
             data_dir,
             service_url(data_dir, "cas", ""),
             service_url(data_dir, "las", ""),
@@ -53,44 +50,7 @@ class RunningPortal:
             report_interval=1.0,
             **kw,
         )
-        self.portal = Portal(self.config)
-        self.address = f"127.0.0.1:{self.config.router_port}"
-
-    def __enter__(self):
-        started = threading.Event()
-
-        async def main():
-            self.loop = asyncio.get_running_loop()
-            ready = asyncio.Event()
-            task = asyncio.create_task(self.portal.run(ready))
-            await ready.wait()
-            started.set()
-            await task
-
-        self.thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
-        self.thread.start()
-        assert started.wait(60), "the portal did not start"
-        return self
-
-    def __exit__(self, *exc):
-        self.loop.call_soon_threadsafe(self.portal.stopped.set)
-        self.thread.join(60)
-
-    def instances(self) -> list[dict]:
-        url = f"{self.config.manager_url}/v1/instances"
-        return httpx.get(url, timeout=10).json()["instances"]
-
-    def wait(self, predicate, timeout=60.0) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            instances = self.instances()
-            if predicate(instances):
-                return instances
-            time.sleep(0.1)
-        raise AssertionError(f"timed out; instances: {self.instances()}")
-
-    def ready(self, count: int) -> list[dict]:
-        return self.wait(lambda xs: sum(x["state"] == "ready" for x in xs) >= count)
+    )
 
 
 def creds(data_dir, uid: str) -> Credentials:
@@ -275,13 +235,12 @@ def test_a_restarted_routing_manager_learns_active_sessions_from_the_wrappers(da
             serving = next(x for x in portal.instances() if x["uid"] == "c000006")
 
             # the manager loses its state, as a restarted one starts with none
-            async def forget() -> int:
+            def forget() -> int:
                 known = len(portal.portal.table.instances)
                 portal.portal.table.instances.clear()
                 return known
 
-            forgotten = asyncio.run_coroutine_threadsafe(forget(), portal.loop)
-            assert await asyncio.wrap_future(forgotten) >= 1
+            assert await asyncio.to_thread(portal.call, forget) >= 1
             rebuilt = await asyncio.to_thread(
                 portal.wait, lambda xs: any(x["uid"] == "c000006" for x in xs), 10
             )

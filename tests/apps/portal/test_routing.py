@@ -52,7 +52,7 @@ def test_an_allocation_nobody_logs_into_returns_to_ready():
     table = RoutingTable("standby", claim_timeout=0.05)
     table.report(report(("a", "ready", None)))
     released = []
-    table.on_release = released.append
+    table.release_hooks.append(released.append)
     table.lookup("c1")
     time.sleep(0.1)
     table.report(report(full=False))
@@ -87,21 +87,27 @@ def test_the_standby_buffer_counts_ready_starting_and_requested_instances():
 def test_routes_reach_the_haproxy_hooks():
     table = RoutingTable("standby")
     routed, released = [], []
-    table.on_route = lambda uid, address: routed.append((uid, address))
-    table.on_release = released.append
+    table.route_hooks.append(lambda uid, address: routed.append((uid, address)))
+    table.release_hooks.append(released.append)
     table.report(report(("a", "ready", None)))
     table.lookup("c1")
     table.report(report(("a", "stopped", None)))
     assert routed == [("c1", "127.0.0.1:1000")] and released == ["c1"]
 
 
-def test_on_demand_stops_instances_nobody_claims():
+def test_idle_instances_beyond_the_buffer_are_stopped():
     table = RoutingTable("on-demand", claim_timeout=0.05)
     table.report(report(("a", "ready", None), ("b", "active", "c1")))
     assert table.idle() == []
     time.sleep(0.1)
     assert [r.id for r in table.idle()] == ["a"] and list(table.instances) == ["b"]
-    assert RoutingTable("standby", claim_timeout=0).idle() == []
+    standby = RoutingTable("standby", buffer=1, claim_timeout=0.05)
+    standby.report(report(("a", "ready", None), ("b", "ready", None)))
+    time.sleep(0.1)
+    assert [r.id for r in standby.idle()] == ["a"] and list(standby.instances) == ["b"]
+    trivial = RoutingTable("trivial", claim_timeout=0)
+    trivial.report(report(("a", "ready", None)))
+    assert trivial.idle() == []
 
 
 def test_an_unknown_mode_is_refused():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from securecloud.infra.web import ApiClient, ServiceError
+from securecloud.infra.api_client import ApiClient, ServiceError
 
 
 class AuthenticatorError(ServiceError):

@@ -15,14 +15,17 @@ certificate for that UID minted on the spot (`names.ServerIdentities`) and
 demands a client certificate of the same UID. While a session lives, handshakes
 for any other UID are refused with an alert. LOGIN brings the consumer's
 SQLCipher file from the KVS (bucket `portal`) into the instance's private
-memory-backed folder and opens it with the key the client sends; LOGOUT (or the
-session's expiry) commits, closes, writes the file back, and wipes it.
+memory-backed folder and opens it with the key the client sends (the fetch starts
+at the handshake, as soon as the SNI names the consumer, so it overlaps the rest of
+the handshake and the LOGIN request); LOGOUT (or the session's expiry) commits,
+closes, writes the file back (If-Match its version), and wipes it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
 import math
 import secrets
@@ -84,6 +87,8 @@ class Instance:
         self.session: Session | None = None
         self.finished = asyncio.Event()
         self.served = 0
+        self._pool = concurrent.futures.ThreadPoolExecutor(2, "kvs")
+        self._fetches: dict[str, concurrent.futures.Future] = {}
 
     # -- TLS -----------------------------------------------------------------
     def tls_context(self) -> ssl.SSLContext:
@@ -100,6 +105,8 @@ class Instance:
         if self.session is not None and self.session.uid != uid:
             return ssl.ALERT_DESCRIPTION_ACCESS_DENIED  # busy with another consumer
         sslobj.context = self.identities.context(uid)
+        if self.session is None:
+            self._prefetch(uid)
         return None
 
     # -- HTTP ----------------------------------------------------------------
@@ -130,7 +137,7 @@ class Instance:
                         )
                         return
                 elif isinstance(got, h11.EndOfMessage):
-                    status, payload = self._dispatch(request, bytes(body), sni_uid, peer_uid)
+                    status, payload = await self._dispatch(request, bytes(body), sni_uid, peer_uid)
                     await self._send(writer, conn, status, payload)
                     if conn.our_state is h11.MUST_CLOSE or self.finished.is_set():
                         return
@@ -152,7 +159,7 @@ class Instance:
         writer.write(conn.send(h11.EndOfMessage()))
         await writer.drain()
 
-    def _dispatch(self, request, body: bytes, sni_uid: str, peer_uid: str | None):
+    async def _dispatch(self, request, body: bytes, sni_uid: str, peer_uid: str | None):
         try:
             if peer_uid != sni_uid:
                 raise Refused(
@@ -165,7 +172,7 @@ class Instance:
             if route == ("GET", "/healthz"):
                 return 200, {"state": "active" if self.session else "ready"}
             if route == ("POST", "/v1/login"):
-                return 200, self.login(sni_uid, _json(body))
+                return 200, await self.login(sni_uid, _json(body))
             session = self._session(request, sni_uid)
             if route == ("POST", "/v1/logout"):
                 return 200, self.logout(session)
@@ -181,7 +188,17 @@ class Instance:
             return exc.status, {"error": exc.reason, "detail": exc.detail}
 
     # -- operations ------------------------------------------------------------
-    def login(self, uid: str, doc: dict) -> dict:
+    def _prefetch(self, uid: str) -> None:
+        """The handshake named the consumer: fetch its (encrypted) file from the KVS while
+        the handshake and the LOGIN request are still on their way."""
+        if uid not in self._fetches:
+            if len(self._fetches) >= 4:
+                self._fetches.pop(next(iter(self._fetches)))
+            self._fetches[uid] = self._pool.submit(
+                self.store.get_with_version, BUCKET, database_key(uid)
+            )
+
+    async def login(self, uid: str, doc: dict) -> dict:
         if self.session is not None:
             raise Refused(409, "busy", f"a session for {uid} is already open on this instance")
         raw = doc.get("key")
@@ -191,11 +208,13 @@ class Instance:
             key = b""
         if len(key) != 32:
             raise Refused(400, "bad-request", "key: expected 64 hex digits (a raw 256-bit key)")
+        self._prefetch(uid)
         try:
-            found = self.store.get_with_version(BUCKET, database_key(uid))
+            data, version = await asyncio.wrap_future(self._fetches.pop(uid))
         except KeyError:
             raise Refused(404, "no-such-consumer", f"{uid} has no database") from None
-        data, version = found
+        if self.session is not None:  # another LOGIN won while this one waited
+            raise Refused(409, "busy", f"a session for {uid} is already open on this instance")
         path = Path(f"{uid}.sqlite")
         path.write_bytes(data)
         try:

@@ -1,11 +1,15 @@
 """The embedded SNI router: routes TLS connections to instances, never holding a key.
 
 For each connection: read the whole ClientHello (`clienthello.read_hello`),
-take the consumer's UID from its server name, ask the Routing Manager where it
-goes (GET /v1/routes/<uid>, over one kept-alive connection), connect, forward
-the buffered bytes, then copy both ways until either side closes. A connection
-with no usable server name, or for which no instance is free, is closed before
-any byte reaches an instance (TLS clients see the connection reset).
+take the consumer's UID from its server name, find where it goes, connect,
+forward the buffered bytes, then copy both ways until either side closes.
+Where it goes: from the router's map (the fast path, kept current by the
+Routing Manager's route and release hooks) or, on a miss, from the Routing
+Manager itself (`resolve`: its Query API over HTTP, or a direct call when the
+router runs beside it). A mapped instance that no longer answers is dropped
+from the map and asked for again. A connection with no usable server name, or
+for which no instance is free, is closed before any byte reaches an instance
+(TLS clients see the connection reset).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 import httpx
 from prometheus_client import Counter, Histogram
@@ -23,12 +28,24 @@ from securecloud.apps.portal.names import DOMAIN, BadName, uid_of
 log = logging.getLogger("securecloud.portal.router")
 CONNECTIONS = Counter("securecloud_portal_router_connections_total", "By outcome", ["outcome"])
 SETUP = Histogram("securecloud_portal_router_setup_seconds", "ClientHello to backend connected")
+Resolver = Callable[[str], Awaitable[str | None]]
+
+
+def http_resolver(manager_url: str) -> tuple[Resolver, Callable[[], Awaitable[None]]]:
+    """(resolve, close): ask a Routing Manager's Query API, over one kept-alive connection."""
+    client = httpx.AsyncClient(base_url=manager_url, timeout=35.0)
+
+    async def resolve(uid: str) -> str | None:
+        response = await client.get(f"/v1/routes/{uid}")
+        return response.json()["address"] if response.status_code == 200 else None
+
+    return resolve, client.aclose
 
 
 class SniRouter:
-    def __init__(self, manager_url: str, domain: str = DOMAIN, hello_deadline: float = 5.0):
-        self.manager = httpx.AsyncClient(base_url=manager_url, timeout=35.0)
-        self.domain, self.hello_deadline = domain, hello_deadline
+    def __init__(self, resolve: Resolver, domain: str = DOMAIN, hello_deadline: float = 5.0):
+        self.resolve, self.domain, self.hello_deadline = resolve, domain, hello_deadline
+        self.routes: dict[str, str] = {}  # uid -> host:port, the fast path
         self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -39,25 +56,34 @@ class SniRouter:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
-        await self.manager.aclose()
 
-    async def route(self, uid: str) -> tuple[str, int] | None:
-        response = await self.manager.get(f"/v1/routes/{uid}")
-        if response.status_code != 200:
-            return None
-        host, _, port = response.json()["address"].rpartition(":")
-        return host, int(port)
+    def set_route(self, uid: str, address: str) -> None:
+        self.routes[uid] = address
+
+    def remove_route(self, uid: str) -> None:
+        self.routes.pop(uid, None)
+
+    async def _connect(self, uid: str):
+        """(reader, writer) of the consumer's instance, or None if none is free."""
+        cached = self.routes.get(uid)
+        if cached is not None:
+            try:
+                return await asyncio.open_connection(*_split(cached))
+            except OSError:
+                self.routes.pop(uid, None)  # it stopped; the manager knows more
+        address = await self.resolve(uid)
+        return None if address is None else await asyncio.open_connection(*_split(address))
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         outcome, up_writer = "routed", None
         try:
             hello = await read_hello(reader, self.hello_deadline)
             started = asyncio.get_running_loop().time()
-            target = await self.route(uid_of(server_name(hello), self.domain))
-            if target is None:
+            upstream = await self._connect(uid_of(server_name(hello), self.domain))
+            if upstream is None:
                 outcome = "no-instance"
                 return
-            up_reader, up_writer = await asyncio.open_connection(*target)
+            up_reader, up_writer = upstream
             SETUP.observe(asyncio.get_running_loop().time() - started)
             up_writer.write(hello)
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
@@ -76,6 +102,11 @@ class SniRouter:
             writer.close()
             if up_writer is not None:
                 up_writer.close()
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -16,9 +16,10 @@ Modes (one client cannot tell them apart):
 The manager keeps no state on disk: after a restart it learns every instance
 (and which consumer an Active one serves) from the wrappers' periodic full
 reports. An Allocated instance whose consumer never logs in returns to Ready
-after `claim_timeout` seconds. With `haproxy`, each allocation and release also
-updates HAProxy's map through its runtime API (the fast path; the Lua action
-asks this API on a miss).
+after `claim_timeout` seconds (in on-demand mode, or beyond the standby buffer,
+such an idle instance is stopped). Each allocation and release also goes to the
+routers' maps (`route_hooks`, `release_hooks`: the embedded router's, HAProxy's
+through its runtime API), their fast path; they ask the Query API on a miss.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, Field
 
 from securecloud.apps.portal.names import BadName, check_uid
-from securecloud.infra.web import ServiceError, make_app
+from securecloud.infra.api_client import ServiceError
+from securecloud.infra.web import make_app
 
 log = logging.getLogger("securecloud.portal.routing")
 STATES = ("starting", "ready", "allocated", "active", "stopped")
@@ -83,8 +85,9 @@ class RoutingTable:
         self.wrappers: dict[str, str | None] = {}  # name -> API url (dynamic mode)
         self.requested: dict[str, float] = {}  # wrapper -> instances asked for, not yet seen
         self.changed = asyncio.Condition()
-        self.on_route = lambda uid, address: None  # hooks (HAProxy map)
-        self.on_release = lambda uid: None
+        # who else keeps routes: the embedded router's map, HAProxy's map
+        self.route_hooks: list = []  # f(uid, address)
+        self.release_hooks: list = []  # f(uid)
 
     # -- reports ---------------------------------------------------------------
     def report(self, report: Report) -> None:
@@ -124,7 +127,7 @@ class RoutingTable:
                 )
             record.state, record.uid = "active", item.uid
             if item.uid:
-                self.on_route(item.uid, record.address)
+                self._routed(item.uid, record.address)
         elif item.state == "ready" and record.state != "allocated":
             record.state, record.uid = "ready", None  # an Allocated one has not seen LOGIN yet
         if record.state != before:
@@ -133,14 +136,22 @@ class RoutingTable:
     def _drop(self, record: InstanceRecord) -> None:
         del self.instances[record.id]
         if record.uid:
-            self.on_release(record.uid)
+            self._released(record.uid)
 
     def _expire_claims(self) -> None:
         now = time.monotonic()
         for record in self.instances.values():
             if record.state == "allocated" and now - record.since > self.claim_timeout:
-                self.on_release(record.uid)
+                self._released(record.uid)
                 record.state, record.uid, record.since = "ready", None, now
+
+    def _routed(self, uid: str, address: str) -> None:
+        for hook in self.route_hooks:
+            hook(uid, address)
+
+    def _released(self, uid: str) -> None:
+        for hook in self.release_hooks:
+            hook(uid)
 
     def _count(self) -> None:
         for state in STATES:
@@ -157,7 +168,7 @@ class RoutingTable:
             return None
         record = min(ready, key=lambda r: r.since)
         record.state, record.uid, record.since = "allocated", uid, time.monotonic()
-        self.on_route(uid, record.address)
+        self._routed(uid, record.address)
         self._count()
         return record
 
@@ -175,15 +186,19 @@ class RoutingTable:
         return min(candidates, key=lambda c: load[c[0]] + self.requested.get(c[0], 0))
 
     def idle(self) -> list[InstanceRecord]:
-        """On-demand keeps no idle instance: Ready ones unclaimed for `claim_timeout`
-        (one started for a consumer who never logged in) are taken out to be stopped."""
-        if self.mode != "on-demand":
+        """Ready instances beyond the buffer (all of them on demand) that nobody claimed
+        for `claim_timeout`, oldest first: taken out of the table, to be stopped. They
+        come from a consumer who never logged in, or from instances reused after LOGOUT."""
+        if self.mode == "trivial":
             return []
         now = time.monotonic()
+        ready = sorted(
+            (r for r in self.instances.values() if r.state == "ready"), key=lambda r: r.since
+        )
         out = [
             r
-            for r in self.instances.values()
-            if r.state == "ready" and now - r.since > self.claim_timeout
+            for r in ready[: max(0, len(ready) - self.buffer)]
+            if now - r.since > self.claim_timeout
         ]
         for record in out:
             del self.instances[record.id]

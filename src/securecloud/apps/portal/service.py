@@ -14,13 +14,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import subprocess
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from securecloud.apps.portal.deploy import PortalDeployment, portal_dir
 from securecloud.apps.portal.names import DOMAIN, server_name
 from securecloud.apps.portal.router import SniRouter
-from securecloud.apps.portal.routing import RoutingManager, RoutingTable, make_routing_app
+from securecloud.apps.portal.routing import (
+    NoInstance,
+    RoutingManager,
+    RoutingTable,
+    make_routing_app,
+)
 from securecloud.apps.portal.wrapper import Wrapper, make_wrapper_app
 from securecloud.infra.web import EmbeddedServer
 from securecloud.runtime.launcher import LaunchSpec, launch
@@ -69,8 +78,10 @@ class Portal:
             from securecloud.apps.portal.haproxy import RouteMap
 
             routes = RouteMap(c.haproxy_socket, c.haproxy_map)
-            self.table.on_route = lambda uid, addr: routes.set(server_name(uid, c.domain), addr)
-            self.table.on_release = lambda uid: routes.remove(server_name(uid, c.domain))
+            self.table.route_hooks.append(
+                lambda uid, addr: routes.set(server_name(uid, c.domain), addr)
+            )
+            self.table.release_hooks.append(lambda uid: routes.remove(server_name(uid, c.domain)))
         self.manager = RoutingManager(self.table)
         self.config_id: str | None = None
         dynamic = c.mode != "trivial"
@@ -81,9 +92,21 @@ class Portal:
             url=f"http://{c.host}:{c.wrapper_port}" if dynamic else None,
             standalone=c.consumers if c.mode == "trivial" else 0,
             interval=c.report_interval,
+            # replacements start in the background (trivial, standby); on demand a LOGIN
+            # waits for the start, so it runs at the normal priority
+            startup_nice=0 if c.mode == "on-demand" else 10,
         )
-        self.router = SniRouter(c.manager_url, c.domain)
+        # the router runs beside the manager: it asks it directly, and keeps its map
+        self.router = SniRouter(self._resolve, c.domain)
+        self.table.route_hooks.append(self.router.set_route)
+        self.table.release_hooks.append(self.router.remove_route)
         self.stopped = asyncio.Event()
+
+    async def _resolve(self, uid: str) -> str | None:
+        try:
+            return (await self.manager.route(uid)).address
+        except NoInstance:
+            return None
 
     def deploy(self) -> str:
         c = self.config
@@ -145,3 +168,62 @@ class Portal:
             for server in servers:
                 server.should_exit = True
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class BackgroundPortal:
+    """A Portal on its own event loop in a thread, as `portal serve` runs it: for the
+    tests, the benchmark and embedding. Use as a context manager."""
+
+    def __init__(self, config: PortalConfig):
+        self.config = config
+        self.portal = Portal(config)
+        self.address = f"{config.host}:{config.router_port}"
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def __enter__(self) -> BackgroundPortal:
+        started, failed = threading.Event(), []
+
+        async def main():
+            self.loop = asyncio.get_running_loop()
+            ready = asyncio.Event()
+            task = asyncio.create_task(self.portal.run(ready))
+            waiter = asyncio.create_task(ready.wait())
+            await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+            if not ready.is_set():
+                failed.append(task.exception())
+            started.set()
+            await task
+
+        self.thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+        self.thread.start()
+        if not started.wait(120) or failed:
+            raise RuntimeError(f"the portal did not start: {failed}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.loop.call_soon_threadsafe(self.portal.stopped.set)
+        self.thread.join(120)
+
+    def call(self, function, *args):
+        """Run `function(*args)` on the portal's loop (its state lives there)."""
+
+        async def wrapped():
+            return function(*args)
+
+        return asyncio.run_coroutine_threadsafe(wrapped(), self.loop).result(30)
+
+    def instances(self) -> list[dict]:
+        url = f"{self.config.manager_url}/v1/instances"
+        return httpx.get(url, timeout=10).json()["instances"]
+
+    def wait(self, predicate, timeout: float = 60.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            instances = self.instances()
+            if predicate(instances):
+                return instances
+            time.sleep(0.1)
+        raise TimeoutError(f"portal: condition not met in {timeout} s; {self.instances()}")
+
+    def ready(self, count: int, timeout: float = 60.0) -> list[dict]:
+        return self.wait(lambda xs: sum(x["state"] == "ready" for x in xs) >= count, timeout)

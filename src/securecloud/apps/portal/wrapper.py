@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import signal
 import subprocess
 import threading
@@ -26,7 +27,8 @@ import httpx
 from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
-from securecloud.infra.web import ServiceError, make_app
+from securecloud.infra.api_client import ServiceError
+from securecloud.infra.web import make_app
 
 log = logging.getLogger("securecloud.portal.wrapper")
 EVENTS = Counter("securecloud_portal_instance_events_total", "Instance events", ["event"])
@@ -67,14 +69,17 @@ class Wrapper:
         url: str | None = None,
         standalone: int = 0,
         interval: float = 5.0,
+        startup_nice: int = 0,
     ):
         self.name, self.launch, self.url = name, launch, url
+        self.startup_nice = startup_nice
         self.standalone, self.interval = standalone, interval
         self.http = httpx.Client(base_url=manager_url, timeout=10.0)
         self.instances: dict[str, Managed] = {}
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self._serial = itertools.count(1)
+        self._nice_warned = False
         self._reporter = threading.Thread(target=self._report_loop, daemon=True)
 
     def run(self) -> None:
@@ -87,6 +92,7 @@ class Wrapper:
             if self.stopping.is_set():
                 break
             managed = Managed(f"{self.name}-{next(self._serial)}", self.launch())
+            self._priority(managed, self.startup_nice)
             with self.lock:
                 self.instances[managed.id] = managed
             self._send([managed.report()])
@@ -125,6 +131,8 @@ class Wrapper:
                 managed.address = rest
                 continue
             if word == "WAITING_LOGIN":
+                if managed.state == "starting":
+                    self._priority(managed, 0)
                 managed.state, managed.uid = "ready", None
             elif word == "LOGIN":
                 managed.state, managed.uid = "active", rest
@@ -143,6 +151,19 @@ class Wrapper:
         self._send([managed.report()])
         if self.standalone and not self.stopping.is_set():
             self.start(1)  # standalone: keep the count
+
+    def _priority(self, managed: Managed, nice: int) -> None:
+        """Starting instances run at a lower CPU priority, so that starting replacements
+        never slows the instances serving consumers; Ready ones get the normal one back
+        (that needs CAP_SYS_NICE; without it they keep the lower one, logged once)."""
+        if not self.startup_nice:
+            return
+        try:
+            os.setpriority(os.PRIO_PROCESS, managed.process.pid, nice)
+        except OSError as exc:
+            if not self._nice_warned:
+                self._nice_warned = True
+                log.warning("cannot set instance CPU priority to %s: %s", nice, exc)
 
     def _send(self, instances: list[dict], full: bool = False) -> None:
         if self.stopping.is_set():

@@ -26,10 +26,10 @@ from securecloud.crypto import (
     private_key_pem,
     sign,
 )
+from securecloud.infra.api_client import ApiClient
 from securecloud.infra.cas.errors import CasError
 from securecloud.infra.cas.policy import parse_policy
 from securecloud.infra.cas.service import APPROVAL_CONTEXT
-from securecloud.infra.web import ApiClient
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """CAS errors, each with its HTTP status and a stable reason code."""
 
-from securecloud.infra.web import ServiceError
+from securecloud.infra.api_client import ServiceError
 
 
 class CasError(ServiceError):

@@ -14,8 +14,9 @@ import securecloud
 from securecloud.crypto import encrypt_to
 from securecloud.crypto.agreement import load_public_bytes
 from securecloud.crypto.errors import CryptoError
+from securecloud.infra.api_client import ServiceError
 from securecloud.infra.las.platform import Platform
-from securecloud.infra.web import ServiceError, make_app
+from securecloud.infra.web import make_app
 from securecloud.runtime.errors import EnclaveError
 from securecloud.runtime.manifest import load_manifest
 from securecloud.runtime.measurement import measure

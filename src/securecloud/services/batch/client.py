@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from securecloud.infra.web import ApiClient
+from securecloud.infra.api_client import ApiClient
 from securecloud.services.batch.errors import BatchError
 
 

@@ -1,6 +1,6 @@
 """Batch errors with their HTTP status and reason code."""
 
-from securecloud.infra.web import ServiceError
+from securecloud.infra.api_client import ServiceError
 
 
 class BatchError(ServiceError):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from securecloud.infra.web import ApiClient
+from securecloud.infra.api_client import ApiClient
 from securecloud.services.kvs.errors import KvsError
 
 

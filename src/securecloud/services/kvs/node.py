@@ -26,7 +26,8 @@ from fastapi import Path as PathParam
 from prometheus_client import Counter
 
 import securecloud
-from securecloud.infra.web import ServiceError, make_app
+from securecloud.infra.api_client import ServiceError
+from securecloud.infra.web import make_app
 from securecloud.services.kvs.packstore import PackStore
 
 MAX_FRAGMENT = 256 * 1024 * 1024
