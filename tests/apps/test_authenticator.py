@@ -40,6 +40,12 @@ class DictStorage:
             raise MissingObject(key)
         return self.objects[key]
 
+    def batch(self, bucket, operations):
+        if self.fail:
+            raise ConnectionError("KVS unreachable")
+        self.objects.update({op["key"]: op["data"] for op in operations})
+        return [{} for _ in operations]
+
     def list(self, bucket, prefix="", start_after="", limit=1000):
         keys = sorted(k for k in self.objects if k.startswith(prefix) and k > start_after)
         return [{"key": k} for k in keys[:limit]]

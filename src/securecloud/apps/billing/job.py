@@ -29,11 +29,14 @@ from securecloud.crypto.errors import ProofError, SignatureError
 
 @dataclass
 class BillingContext:
-    storage: object  # KvsClient or anything with put/get/list
+    storage: object  # KvsClient or anything with put/get/list/batch
     registry: Registry
     tariffs: dict[str, Tariff]  # meter class (lv1, lv3, mv3) -> tariff
     utility_key: object
     regulator_keys: list
+
+
+BATCH = 1000  # the KVS's largest atomic batch
 
 
 def bill_key(period: bills.Period, meter_id: int) -> str:
@@ -121,7 +124,8 @@ def load_columns(
 def bill_meters(
     context: BillingContext, meters: list[int], period: bills.Period, issued: int
 ) -> list[dict]:
-    """Bill, sign and store each meter's bill; returns the bills."""
+    """Bill and sign each meter's bill, then store them in KVS batches (a batch costs
+    about a third of the same puts one by one); returns the bills."""
     columns = load_columns(context.storage, set(meters), period, context.regulator_keys)
     out = []
     for meter in meters:
@@ -143,9 +147,15 @@ def bill_meters(
             opening,
             context.tariffs[record.meter_class],
         )
-        bill = bills.sign_bill(content, context.utility_key, issued)
-        context.storage.put(store.BUCKET, bill_key(period, meter), canonical.encode(bill))
-        out.append(bill)
+        out.append(bills.sign_bill(content, context.utility_key, issued))
+    for start in range(0, len(out), BATCH):  # one KVS request per 1,000 bills, all or none
+        context.storage.batch(
+            store.BUCKET,
+            [
+                {"op": "put", "key": bill_key(period, b["meter"]), "data": canonical.encode(b)}
+                for b in out[start : start + BATCH]
+            ],
+        )
     return out
 
 

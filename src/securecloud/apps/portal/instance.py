@@ -255,6 +255,14 @@ class Instance:
             self.finished.set()
         return {"logged_out": session.uid}
 
+    def warm_up(self) -> None:
+        """Pay the first-use costs before announcing Ready, not during a consumer's LOGIN:
+        the first certificate minted in a process (lazy initialisation in OpenSSL and
+        cryptography) and the TLS connection to the KVS gateway (kept alive after)."""
+        self.identities.context("warm-up")
+        self.identities.forget("warm-up")
+        self.store.client.list(BUCKET, "db/", "", 1)
+
     async def expire(self) -> None:
         while not self.finished.is_set():
             await asyncio.sleep(0.5)
@@ -384,6 +392,7 @@ def main(argv: list[str]) -> int:
     )
     store = KvsFiles(injected_client(Path("kvs.json")))
     instance = Instance(identities, store, args.session_ttl, args.reuse)
+    instance.warm_up()
     asyncio.run(serve(args, instance))
     return 0
 

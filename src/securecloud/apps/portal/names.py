@@ -141,6 +141,9 @@ class ServerIdentities:
             self._contexts[uid] = context
         return context
 
+    def forget(self, uid: str) -> None:
+        self._contexts.pop(uid, None)
+
     def uid_of_context(self, context: ssl.SSLContext) -> str | None:
         """Which UID a handshake chose (the context the SNI callback switched to)."""
         return next((uid for uid, c in self._contexts.items() if c is context), None)
