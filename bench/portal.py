@@ -84,6 +84,7 @@ async def login(session: PortalSession, cell: Cell, patience: float = 60.0) -> N
         except PortalError as exc:
             if exc.status != 0 or time.perf_counter() - started > patience:
                 raise
+            cell.errors["login-retry"] = cell.errors.get("login-retry", 0) + 1
             await asyncio.sleep(0.05)  # the router closed it (none free): connect again
     session.samples = [s for s in session.samples if s.operation != "LOGIN"]
     cell.samples["LOGIN"].append((time.perf_counter() - started) * 1000)
