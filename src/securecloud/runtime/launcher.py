@@ -63,9 +63,9 @@ class LaunchSpec:
 
 def _no_core_dumps() -> None:
     """No core dumps (soft and hard limit 0) of the launcher, hence of what it starts:
-    children inherit the limit. Set here rather than in a preexec_fn: a preexec_fn makes Popen fork the
-    whole launcher (20-30 ms of page tables for a large process, with its event loop
-    stalled) instead of spawning with vfork (1-3 ms)."""
+    children inherit the limit. Set here rather than in a preexec_fn: a preexec_fn
+    makes Popen fork the whole launcher (20-30 ms of page tables for a large process,
+    with its event loop stalled) instead of spawning with vfork (1-3 ms)."""
     if resource.getrlimit(resource.RLIMIT_CORE) != (0, 0):
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 

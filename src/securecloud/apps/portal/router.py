@@ -5,8 +5,9 @@ take the consumer's UID from its server name, find where it goes, connect,
 forward the buffered bytes, then copy both ways until either side closes.
 Where it goes: from the router's map (the fast path, kept current by the
 Routing Manager's route and release hooks) or, on a miss, from the Routing
-Manager itself (`resolve`: its Query API over HTTP, or a direct call when the
-router runs beside it). A mapped instance that no longer answers is dropped
+Manager itself (`resolve`; in `portal serve` the router runs beside the manager
+and calls it; a router elsewhere is HAProxy, which asks the Query API). A mapped
+instance that no longer answers is dropped
 from the map and asked for again. A connection with no usable server name, or
 for which no instance is free, is closed before any byte reaches an instance
 (TLS clients see the connection reset).
@@ -19,7 +20,6 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-import httpx
 from prometheus_client import Counter, Histogram
 
 from securecloud.apps.portal.clienthello import HelloError, read_hello, server_name
@@ -29,17 +29,6 @@ log = logging.getLogger("securecloud.portal.router")
 CONNECTIONS = Counter("securecloud_portal_router_connections_total", "By outcome", ["outcome"])
 SETUP = Histogram("securecloud_portal_router_setup_seconds", "ClientHello to backend connected")
 Resolver = Callable[[str], Awaitable[str | None]]
-
-
-def http_resolver(manager_url: str) -> tuple[Resolver, Callable[[], Awaitable[None]]]:
-    """(resolve, close): ask a Routing Manager's Query API, over one kept-alive connection."""
-    client = httpx.AsyncClient(base_url=manager_url, timeout=35.0)
-
-    async def resolve(uid: str) -> str | None:
-        response = await client.get(f"/v1/routes/{uid}")
-        return response.json()["address"] if response.status_code == 200 else None
-
-    return resolve, client.aclose
 
 
 class SniRouter:
@@ -92,7 +81,7 @@ class SniRouter:
             log.info("refused a connection: %s", exc)
         except TimeoutError:
             outcome = "hello-timeout"
-        except (OSError, httpx.HTTPError) as exc:
+        except OSError as exc:
             outcome = "unreachable"
             log.warning("routing failed: %s", exc)
         except asyncio.CancelledError:  # the router is closing: drop the connection quietly

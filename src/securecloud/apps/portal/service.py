@@ -5,8 +5,10 @@ embedded SNI router on one event loop, with attested instances as child processe
     on-demand  the wrapper runs dynamic with none; each miss starts one
     standby    the wrapper runs dynamic; the manager keeps `buffer` Ready
 
-The three parts talk over their HTTP APIs only, as they would on separate
-machines. With `haproxy_socket` the manager also keeps HAProxy's map current.
+The wrapper and the manager talk over their HTTP APIs, as they would on separate
+machines; the router, beside the manager, calls it on a miss and keeps the route
+map its hooks maintain. With `haproxy_socket` the manager also keeps HAProxy's
+map current (HAProxy is the router that runs elsewhere).
 """
 
 from __future__ import annotations
