@@ -15,7 +15,8 @@ from securecloud.apps.portal.clienthello import (
     server_name,
 )
 
-LABEL = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", fullmatch=True)
+# a letter first: a name of digits and dots is an IP address, for which TLS sends no SNI
+LABEL = st.from_regex(r"[a-z]([a-z0-9-]{0,20}[a-z0-9])?", fullmatch=True)
 
 
 def client_hello(name: str | None) -> bytes:
