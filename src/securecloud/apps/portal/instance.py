@@ -86,7 +86,6 @@ class Instance:
         self.reuse = reuse
         self.session: Session | None = None
         self.finished = asyncio.Event()
-        self.served = 0
         self._pool = concurrent.futures.ThreadPoolExecutor(2, "kvs")
         self._fetches: dict[str, concurrent.futures.Future] = {}
 
@@ -247,7 +246,6 @@ class Instance:
         self.store.put_if(BUCKET, database_key(session.uid), path.read_bytes(), session.version)
         path.unlink()
         self.session = None
-        self.served += 1
         event("LOGOUT")
         if self.reuse:
             event("WAITING_LOGIN")
