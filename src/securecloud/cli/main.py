@@ -14,6 +14,7 @@ from securecloud.cli import (
     platform,
     portal,
     runtime,
+    sql,
 )
 from securecloud.cli.demo import demo
 
@@ -33,6 +34,7 @@ app.add_typer(ingest.app, name="ingest")
 app.add_typer(billing.app, name="billing")
 app.add_typer(fraud.app, name="fraud")
 app.add_typer(portal.app, name="portal")
+app.add_typer(sql.app, name="sql")
 app.command()(demo)
 app.command()(platform.up)
 app.command()(platform.status)

@@ -29,6 +29,7 @@ TENANTS = {
     "billing": {"metering": ["read", "write"]},  # billing jobs read readings, write bills
     "fraud": {"metering": ["read", "write"]},  # fraud jobs read readings, write scores
     "portal": {"portal": ["read", "write"]},  # portal instances: consumers' databases
+    "sql": {"sql": ["read", "write"]},  # CascaDB: its log, blocks and manifest
 }
 
 

@@ -1,0 +1,496 @@
+"""The PostgreSQL wire protocol (v3) in front of CascaDB, so psql and psycopg connect.
+
+What it speaks: SSLRequest (TLS is required; a plaintext startup is refused),
+startup with a password (the access token, sent inside TLS) or a client
+certificate issued by the configured CA, simple query, and the extended
+protocol (Parse, Bind, Describe, Execute, Close, Sync, Flush) with parameters
+in text or binary for the common types. Results go out in text format
+(binary on request for integers, floats, text and bytea). An error is an
+ErrorResponse with the SQLSTATE; the session stays usable (in the extended
+protocol, messages up to the next Sync are skipped, as PostgreSQL does).
+Catalog queries of psql's \\dt and \\d are answered by introspection.py.
+
+`riffq` (a PostgreSQL protocol library built on Rust's pgwire) was the first
+choice; it has no wheel for this platform and its source build needs network
+access to crates, so this module speaks the protocol itself (docs/sql.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hmac
+import logging
+import os
+import ssl
+import struct
+from dataclasses import dataclass, field
+
+from securecloud.services.sql import introspection
+from securecloud.services.sql.dialect import parse
+from securecloud.services.sql.engine import Database, Result, Session
+from securecloud.services.sql.errors import SqlError
+
+log = logging.getLogger("securecloud.sql.pgwire")
+
+SSL_REQUEST, GSS_REQUEST, CANCEL_REQUEST, PROTOCOL_3 = 80877103, 80877104, 80877102, 196608
+INT2, INT4, INT8, FLOAT4, FLOAT8, NUMERIC = 21, 23, 20, 700, 701, 1700
+BOOL, BYTEA, TEXT, VARCHAR, UNKNOWN = 16, 17, 25, 1043, 705
+TIMESTAMP, TIMESTAMPTZ, DATE = 1114, 1184, 1082
+_EPOCH_2000 = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+_TYPE_SIZE = {INT8: 8, FLOAT8: 8, BOOL: 1, TEXT: -1, BYTEA: -1}
+MAX_MESSAGE = 64 * 1024 * 1024
+
+
+class ProtocolViolation(Exception):
+    pass
+
+
+@dataclass
+class Prepared:
+    sql: str
+    types: list[int]
+
+
+@dataclass
+class Portal:
+    prepared: Prepared
+    params: list
+    result_formats: list[int]
+    result: Result | None = None
+    sent: bool = False
+
+
+@dataclass
+class Authenticator:
+    token: str | None = None  # the password clients send
+    client_ca: str | None = None  # a client certificate from this CA is enough
+
+    def password_ok(self, password: str) -> bool:
+        return self.token is not None and hmac.compare_digest(
+            password.encode(), self.token.encode()
+        )
+
+
+def _message(kind: bytes, payload: bytes = b"") -> bytes:
+    return kind + struct.pack("!I", len(payload) + 4) + payload
+
+
+def _cstr(text: str) -> bytes:
+    return text.encode() + b"\x00"
+
+
+def error_response(error: Exception) -> bytes:
+    sqlstate = error.sqlstate if isinstance(error, SqlError) else "XX000"
+    text = str(error) if isinstance(error, SqlError) else f"internal error: {error}"
+    fields = b"SERROR\x00VERROR\x00" + b"C" + _cstr(sqlstate) + b"M" + _cstr(text) + b"\x00"
+    return _message(b"E", fields)
+
+
+def _type_of(values) -> int:
+    for value in values:
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            return BOOL
+        if isinstance(value, int):
+            return INT8
+        if isinstance(value, float):
+            return FLOAT8
+        if isinstance(value, bytes):
+            return BYTEA
+        return TEXT
+    return TEXT
+
+
+def row_description(result: Result, formats: list[int]) -> bytes:
+    parts = [struct.pack("!H", len(result.columns))]
+    for i, name in enumerate(result.columns):
+        oid = _type_of(row[i] for row in result.rows)
+        fmt = formats[i] if len(formats) > 1 else (formats[0] if formats else 0)
+        parts.append(
+            _cstr(name) + struct.pack("!IhIhih", 0, 0, oid, _TYPE_SIZE.get(oid, -1), -1, fmt)
+        )
+    return _message(b"T", b"".join(parts))
+
+
+def _text(value) -> bytes:
+    if isinstance(value, bool):
+        return b"t" if value else b"f"
+    if isinstance(value, float):
+        if value != value:
+            return b"NaN"
+        if value in (float("inf"), float("-inf")):
+            return b"Infinity" if value > 0 else b"-Infinity"
+        return repr(value).encode()
+    if isinstance(value, bytes):
+        return b"\\x" + value.hex().encode()
+    return str(value).encode()
+
+
+def _binary(value) -> bytes:
+    if isinstance(value, bool):
+        return b"\x01" if value else b"\x00"
+    if isinstance(value, int):
+        return struct.pack("!q", value)
+    if isinstance(value, float):
+        return struct.pack("!d", value)
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode()
+
+
+def data_rows(rows: list[tuple], formats: list[int]) -> bytes:
+    out = []
+    count = struct.pack("!H", len(rows[0])) if rows else b""
+    binary_all = formats == [1]
+    for row in rows:
+        parts = [count]
+        for i, value in enumerate(row):
+            if value is None:
+                parts.append(b"\xff\xff\xff\xff")
+                continue
+            binary = binary_all or (len(formats) > 1 and formats[i] == 1)
+            raw = _binary(value) if binary else _text(value)
+            parts.append(struct.pack("!I", len(raw)) + raw)
+        payload = b"".join(parts)
+        out.append(b"D" + struct.pack("!I", len(payload) + 4) + payload)
+    return b"".join(out)
+
+
+def decode_param(raw: bytes | None, oid: int, binary: bool):
+    if raw is None:
+        return None
+    if binary:
+        if oid == INT2:
+            return struct.unpack("!h", raw)[0]
+        if oid == INT4:
+            return struct.unpack("!i", raw)[0]
+        if oid == INT8:
+            return struct.unpack("!q", raw)[0]
+        if oid == FLOAT4:
+            return struct.unpack("!f", raw)[0]
+        if oid == FLOAT8:
+            return struct.unpack("!d", raw)[0]
+        if oid == BOOL:
+            return int(raw != b"\x00")
+        if oid == BYTEA:
+            return bytes(raw)
+        if oid in (TIMESTAMP, TIMESTAMPTZ):
+            micros = struct.unpack("!q", raw)[0]
+            moment = _EPOCH_2000 + dt.timedelta(microseconds=micros)
+            return moment.strftime("%Y-%m-%d %H:%M:%S") + (
+                f".{moment.microsecond:06d}" if moment.microsecond else ""
+            )
+        if oid == DATE:
+            return (_EPOCH_2000.date() + dt.timedelta(days=struct.unpack("!i", raw)[0])).isoformat()
+        if oid in (TEXT, VARCHAR, UNKNOWN, 0, 1042, 19):
+            return raw.decode()
+        raise SqlError(f"parameter of type oid {oid} in binary format is not supported", "0A000")
+    text = raw.decode()
+    if oid in (INT2, INT4, INT8):
+        return int(text)
+    if oid in (FLOAT4, FLOAT8, NUMERIC):
+        return float(text)
+    if oid == BOOL:
+        return int(text.lower() in ("t", "true", "1", "on", "yes"))
+    if oid == BYTEA:
+        return bytes.fromhex(text[2:]) if text.startswith("\\x") else text.encode()
+    return text
+
+
+class Connection:
+    """One client: startup, authentication, then the query loop."""
+
+    def __init__(self, server: PgServer, reader, writer):
+        self.server, self.reader, self.writer = server, reader, writer
+        self.session: Session | None = None
+        self.prepared: dict[str, Prepared] = {}
+        self.portals: dict[str, Portal] = {}
+        self.skip_to_sync = False
+
+    async def read_startup(self) -> dict[str, str]:
+        tls = False
+        while True:
+            (length,) = struct.unpack("!I", await self.reader.readexactly(4))
+            if not 8 <= length <= 10000:
+                raise ProtocolViolation("bad startup length")
+            body = await self.reader.readexactly(length - 4)
+            (code,) = struct.unpack("!I", body[:4])
+            if code == SSL_REQUEST and not tls:
+                self.writer.write(b"S")
+                await self.writer.drain()
+                await self.writer.start_tls(self.server.tls)
+                tls = True
+                continue
+            if code == GSS_REQUEST:
+                self.writer.write(b"N")
+                await self.writer.drain()
+                continue
+            if code == CANCEL_REQUEST:
+                raise ProtocolViolation("cancel requests are not supported")
+            if code != PROTOCOL_3:
+                raise ProtocolViolation(f"protocol {code >> 16}.{code & 0xFFFF} is not supported")
+            items = body[4:].split(b"\x00")
+            params = {items[i].decode(): items[i + 1].decode() for i in range(0, len(items) - 2, 2)}
+            if not tls:
+                self.writer.write(
+                    error_response(SqlError("TLS is required (sslmode=require)", "28000"))
+                )
+                await self.writer.drain()
+                raise ProtocolViolation("plaintext startup")
+            return params
+
+    def _client_certified(self) -> bool:
+        ssl_object = self.writer.get_extra_info("ssl_object")
+        return bool(ssl_object and ssl_object.getpeercert())
+
+    async def authenticate(self) -> bool:
+        if self._client_certified():
+            return True
+        self.writer.write(_message(b"R", struct.pack("!I", 3)))  # cleartext password, inside TLS
+        await self.writer.drain()
+        kind = await self.reader.readexactly(1)
+        (length,) = struct.unpack("!I", await self.reader.readexactly(4))
+        if kind != b"p" or not 5 <= length <= 4096:
+            return False
+        password = (await self.reader.readexactly(length - 4)).rstrip(b"\x00").decode()
+        return self.server.auth.password_ok(password)
+
+    async def serve(self) -> None:
+        params = await self.read_startup()
+        if not await self.authenticate():
+            self.writer.write(
+                error_response(
+                    SqlError(
+                        f'password authentication failed for user "{params.get("user", "")}"',
+                        "28P01",
+                    )
+                )
+            )
+            await self.writer.drain()
+            return
+        self.session = self.server.database.session()
+        self.server.sessions += 1
+        out = [_message(b"R", struct.pack("!I", 0))]
+        for name, value in {
+            "server_version": "15.0 (CascaDB)",
+            "server_encoding": "UTF8",
+            "client_encoding": "UTF8",
+            "DateStyle": "ISO, MDY",
+            "integer_datetimes": "on",
+            "standard_conforming_strings": "on",
+            "TimeZone": "UTC",
+            "IntervalStyle": "postgres",
+            "is_superuser": "off",
+            "session_authorization": params.get("user", ""),
+            "application_name": params.get("application_name", ""),
+        }.items():
+            out.append(_message(b"S", _cstr(name) + _cstr(value)))
+        out.append(_message(b"K", struct.pack("!II", os.getpid() & 0x7FFFFFFF, 0)))
+        out.append(self._ready())
+        self.writer.write(b"".join(out))
+        await self.writer.drain()
+        try:
+            await self.loop()
+        finally:
+            self.session.close()
+            self.server.sessions -= 1
+
+    def _ready(self) -> bytes:
+        txn = self.session.transaction
+        state = b"I" if txn is None else (b"E" if txn.failed else b"T")
+        return _message(b"Z", state)
+
+    async def loop(self) -> None:
+        while True:
+            header = await self.reader.readexactly(5)
+            kind = header[:1]
+            (length,) = struct.unpack("!I", header[1:])
+            if not 4 <= length <= MAX_MESSAGE:
+                raise ProtocolViolation(f"message length {length}")
+            body = await self.reader.readexactly(length - 4)
+            if kind == b"X":
+                return
+            reply = await asyncio.to_thread(self.handle, kind, body)
+            if reply:
+                self.writer.write(reply)
+                await self.writer.drain()
+
+    # -- messages (run in a worker thread: the engine blocks) --------------------------
+    def handle(self, kind: bytes, body: bytes) -> bytes:
+        if kind == b"Q":
+            return self.simple_query(body.rstrip(b"\x00").decode())
+        if kind == b"S":
+            self.skip_to_sync = False
+            return self._ready()
+        if kind == b"H":
+            return b""
+        if self.skip_to_sync:
+            return b""
+        try:
+            if kind == b"P":
+                return self.parse_message(body)
+            if kind == b"B":
+                return self.bind(body)
+            if kind == b"D":
+                return self.describe(body)
+            if kind == b"E":
+                return self.execute(body)
+            if kind == b"C":
+                which, name = body[:1], body[1:].split(b"\x00")[0].decode()
+                (self.prepared if which == b"S" else self.portals).pop(name, None)
+                return _message(b"3")
+            raise SqlError(f"message type {kind!r} is not supported", "08P01")
+        except Exception as exc:
+            self.skip_to_sync = True
+            if not isinstance(exc, SqlError):
+                log.exception("statement failed")
+            return error_response(exc)
+
+    def _run(self, sql: str, params=None) -> list[Result]:
+        answer = introspection.answer(sql, self.session.database)
+        if answer is not None:
+            return [answer]
+        return self.session.execute(sql, params)
+
+    def simple_query(self, sql: str) -> bytes:
+        out = []
+        try:
+            if not sql.strip().strip(";"):
+                out.append(_message(b"I"))
+            else:
+                answer = introspection.answer(sql, self.session.database)
+                if answer is not None:
+                    out.append(self._result(answer, []))
+                else:
+                    for statement in parse(sql):
+                        out.append(self._result(self.session.run(statement), []))
+        except Exception as exc:
+            if not isinstance(exc, SqlError):
+                log.exception("query failed")
+            out.append(error_response(exc))
+        out.append(self._ready())
+        return b"".join(out)
+
+    def _result(self, result: Result, formats: list[int], describe: bool = True) -> bytes:
+        parts = []
+        if result.tag.startswith("SELECT") or result.columns:
+            if describe:
+                parts.append(row_description(result, formats))
+            if result.rows:
+                parts.append(data_rows(result.rows, formats))
+        if result.tag == "EMPTY":
+            parts.append(_message(b"I"))
+        else:
+            parts.append(_message(b"C", _cstr(result.tag)))
+        return b"".join(parts)
+
+    def parse_message(self, body: bytes) -> bytes:
+        name, rest = body.split(b"\x00", 1)
+        query, rest = rest.split(b"\x00", 1)
+        (count,) = struct.unpack_from("!H", rest)
+        types = list(struct.unpack_from(f"!{count}I", rest, 2))
+        self.prepared[name.decode()] = Prepared(query.decode(), types)
+        return _message(b"1")
+
+    def bind(self, body: bytes) -> bytes:
+        portal, rest = body.split(b"\x00", 1)
+        statement, rest = rest.split(b"\x00", 1)
+        prepared = self.prepared.get(statement.decode())
+        if prepared is None:
+            raise SqlError(f'prepared statement "{statement.decode()}" does not exist', "26000")
+        (count,) = struct.unpack_from("!H", rest)
+        formats = list(struct.unpack_from(f"!{count}H", rest, 2))
+        position = 2 + 2 * count
+        (nparams,) = struct.unpack_from("!H", rest, position)
+        position += 2
+        params = []
+        for i in range(nparams):
+            (length,) = struct.unpack_from("!i", rest, position)
+            position += 4
+            raw = None if length < 0 else rest[position : position + length]
+            position += max(length, 0)
+            binary = (formats[i] if len(formats) > 1 else (formats[0] if formats else 0)) == 1
+            oid = prepared.types[i] if i < len(prepared.types) else 0
+            try:
+                params.append(decode_param(raw, oid, binary))
+            except (ValueError, struct.error) as exc:
+                raise SqlError(f"parameter ${i + 1}: {exc}", "22P02") from None
+        (nresults,) = struct.unpack_from("!H", rest, position)
+        result_formats = list(struct.unpack_from(f"!{nresults}H", rest, position + 2))
+        self.portals[portal.decode()] = Portal(prepared, params, result_formats)
+        return _message(b"2")
+
+    def _portal_result(self, portal: Portal) -> Result:
+        if portal.result is None:
+            results = self._run(portal.prepared.sql, portal.params)
+            if len(results) != 1:
+                raise SqlError("one statement per prepared statement", "42601")
+            portal.result = results[0]
+        return portal.result
+
+    def describe(self, body: bytes) -> bytes:
+        which, name = body[:1], body[1:].split(b"\x00")[0].decode()
+        if which == b"S":
+            prepared = self.prepared.get(name)
+            if prepared is None:
+                raise SqlError(f'prepared statement "{name}" does not exist', "26000")
+            count = _parameter_count(prepared.sql)
+            types = prepared.types + [0] * (count - len(prepared.types))
+            types = [t or TEXT for t in types[:count]] if count else prepared.types
+            description = _message(b"t", struct.pack(f"!H{len(types)}I", len(types), *types))
+            return description + _message(b"n")  # columns are known once bound and run
+        portal = self.portals.get(name)
+        if portal is None:
+            raise SqlError(f'portal "{name}" does not exist', "34000")
+        result = self._portal_result(portal)
+        if result.tag.startswith("SELECT") or result.columns:
+            return row_description(result, portal.result_formats)
+        return _message(b"n")
+
+    def execute(self, body: bytes) -> bytes:
+        name = body.split(b"\x00")[0].decode()
+        portal = self.portals.get(name)
+        if portal is None:
+            raise SqlError(f'portal "{name}" does not exist', "34000")
+        result = self._portal_result(portal)
+        if portal.sent:
+            return _message(b"C", _cstr(result.tag))
+        portal.sent = True
+        return self._result(result, portal.result_formats, describe=False)
+
+
+def _parameter_count(sql: str) -> int:
+    import re
+
+    found = [int(n) for n in re.findall(r"\$(\d+)", sql)]
+    return max(found, default=0)
+
+
+@dataclass
+class PgServer:
+    database: Database
+    tls: ssl.SSLContext
+    auth: Authenticator
+    sessions: int = 0
+    connections: set = field(default_factory=set)
+
+    async def handle(self, reader, writer) -> None:
+        task = asyncio.current_task()
+        self.connections.add(task)
+        try:
+            await Connection(self, reader, writer).serve()
+        except (
+            asyncio.IncompleteReadError,
+            ConnectionError,
+            ProtocolViolation,
+            ssl.SSLError,
+        ) as exc:
+            log.debug("connection closed: %s", exc)
+        finally:
+            self.connections.discard(task)
+            writer.close()
+
+    async def start(self, host: str, port: int) -> asyncio.Server:
+        return await asyncio.start_server(self.handle, host, port)

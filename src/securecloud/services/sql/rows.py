@@ -1,0 +1,117 @@
+"""Row values: the columns outside the primary key, packed for one table.
+
+Layout: a null bitmap (one bit per value column), then per column an 8-byte
+integer, an 8-byte double, or a 4-byte length for text and blobs, then the
+text and blob bytes in column order. One `struct` call decodes the fixed part;
+the types are the table's (values are coerced to their column's affinity on
+write), so no per-value tags are stored.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from securecloud.services.sql.catalog import Table
+from securecloud.services.sql.errors import NotNullViolation, TypeMismatch
+
+_CODES = {"integer": "q", "real": "d", "text": "I", "blob": "I"}
+_ZERO = {"integer": 0, "real": 0.0, "text": 0, "blob": 0}
+
+
+def coerce(value, affinity: str, column: str):
+    """The value as its column stores it, or TypeMismatch naming the column."""
+    if value is None:
+        return None
+    try:
+        if affinity == "integer":
+            if isinstance(value, bool):
+                return int(value)
+            if isinstance(value, int):
+                return value
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, str):
+                text = value.strip().lower()
+                if text in ("t", "true", "f", "false"):
+                    return int(text.startswith("t"))
+                return int(text)
+        elif affinity == "real":
+            if isinstance(value, int | float):
+                return float(value)
+            if isinstance(value, str):
+                return float(value)
+        elif affinity == "text":
+            if isinstance(value, str):
+                return value
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return str(value)
+        elif affinity == "blob" and isinstance(value, bytes | bytearray | memoryview):
+            return bytes(value)
+    except ValueError:
+        pass
+    raise TypeMismatch(
+        f'column "{column}" is {affinity}: {type(value).__name__} {str(value)[:40]!r} does not fit'
+    )
+
+
+class RowCodec:
+    def __init__(self, table: Table):
+        self.table = table
+        key = set(table.primary_key)
+        self.positions = [i for i, c in enumerate(table.columns) if c.name not in key]
+        columns = [table.columns[i] for i in self.positions]
+        self.affinities = [c.affinity for c in columns]
+        self.names = [c.name for c in columns]
+        self.not_null = [c.not_null for c in columns]
+        self.bitmap = (len(columns) + 7) // 8
+        self.fixed = struct.Struct(f"<{self.bitmap}s" + "".join(_CODES[a] for a in self.affinities))
+        self.variable = [i for i, a in enumerate(self.affinities) if a in ("text", "blob")]
+        self.zero = [_ZERO[a] for a in self.affinities]
+
+    def encode(self, row: list) -> bytes:
+        """`row`: every column of the table, coerced; only value columns are packed."""
+        values = [row[i] for i in self.positions]
+        bits = 0
+        fixed = list(self.zero)
+        tail = []
+        for j, value in enumerate(values):
+            if value is None:
+                if self.not_null[j]:
+                    raise NotNullViolation(
+                        f'null value in column "{self.names[j]}" violates not-null constraint'
+                    )
+                bits |= 1 << j
+                continue
+            affinity = self.affinities[j]
+            if affinity == "text":
+                raw = value.encode()
+                fixed[j] = len(raw)
+                tail.append(raw)
+            elif affinity == "blob":
+                fixed[j] = len(value)
+                tail.append(value)
+            else:
+                fixed[j] = value
+        try:
+            head = self.fixed.pack(bits.to_bytes(self.bitmap, "little"), *fixed)
+        except struct.error as exc:
+            raise TypeMismatch(f"value out of range: {exc}", "22003") from exc
+        return head + b"".join(tail)
+
+    def decode(self, data: bytes) -> list:
+        """The value columns, in their order among the table's columns."""
+        unpacked = self.fixed.unpack_from(data)
+        bits = int.from_bytes(unpacked[0], "little")
+        values = list(unpacked[1:])
+        if self.variable:
+            position = self.fixed.size
+            for j in self.variable:
+                length = values[j]
+                raw = data[position : position + length]
+                position += length
+                values[j] = raw.decode() if self.affinities[j] == "text" else raw
+        if bits:
+            for j in range(len(values)):
+                if bits >> j & 1:
+                    values[j] = None
+        return values

@@ -1,0 +1,272 @@
+"""SQLite's planner over CascaDB tables: an APSW virtual-table module.
+
+`best_index` tells SQLite which constraints become key ranges: equality or IN
+on a leading run of an index's columns, then at most one range on the next,
+on the primary index or any secondary index; ORDER BY on the index columns
+that follow is consumed. Costs follow the rows a plan would read, so SQLite
+prefers a point lookup to a prefix scan to a full scan. Everything else
+(joins, aggregates, expressions) SQLite does on the rows we return. Writes go
+to the session (engine.Session), which enforces keys and maintains indexes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import TYPE_CHECKING
+
+import apsw
+
+from securecloud.services.sql.catalog import PRIMARY, ROWID, Table
+from securecloud.services.sql.keys import decode_values, encode_values, index_prefix, prefix_end
+from securecloud.services.sql.rows import coerce
+
+if TYPE_CHECKING:
+    from securecloud.services.sql.engine import Session
+
+EQ, GT, LE, LT, GE = (
+    apsw.SQLITE_INDEX_CONSTRAINT_EQ,
+    apsw.SQLITE_INDEX_CONSTRAINT_GT,
+    apsw.SQLITE_INDEX_CONSTRAINT_LE,
+    apsw.SQLITE_INDEX_CONSTRAINT_LT,
+    apsw.SQLITE_INDEX_CONSTRAINT_GE,
+)
+RANGE = (GT, LE, LT, GE)
+FULL_SCAN_ROWS = 1_000_000
+_SQL_TYPE = {"integer": "INTEGER", "real": "REAL", "text": "TEXT", "blob": "BLOB"}
+
+
+class Module:
+    def __init__(self, session: Session):
+        self.session = session
+
+    def Create(self, connection, module, database, name, *args):
+        table = self.session.database.tables[name.lower()]
+        connection.vtab_config(apsw.SQLITE_VTAB_CONSTRAINT_SUPPORT, 1)
+        columns = ", ".join(
+            f'"{c.name}" {_SQL_TYPE[c.affinity]}' + (" HIDDEN" if c.name == ROWID else "")
+            for c in table.columns
+        )
+        return f"CREATE TABLE x({columns})", VirtualTable(self.session, table)
+
+    Connect = Create
+
+
+class VirtualTable:
+    def __init__(self, session: Session, table: Table):
+        self.session, self.table = session, table
+        self.orders = [(PRIMARY, table.primary_key, (False,) * len(table.primary_key), True)]
+        for index in table.indexes:
+            self.orders.append((index.id, index.columns, index.descending, False))
+
+    def BestIndexObject(self, info: apsw.IndexInfo) -> bool:
+        positions = {c.name: i for i, c in enumerate(self.table.columns)}
+        usable: dict[int, list[tuple[int, int]]] = {}
+        for i in range(info.nConstraint):
+            if info.get_aConstraint_usable(i):
+                usable.setdefault(info.get_aConstraint_iColumn(i), []).append(
+                    (i, info.get_aConstraint_op(i))
+                )
+        best = None
+        for index_id, columns, descending, primary in self.orders:
+            plan = {"index": index_id, "eq": [], "range": [], "in": []}
+            used: list[int] = []
+            rows = float(FULL_SCAN_ROWS)
+            for name in columns:
+                found = usable.get(positions[name], [])
+                eq = next((c for c, op in found if op == EQ), None)
+                if eq is not None:
+                    used.append(eq)
+                    plan["eq"].append(eq)
+                    rows /= 100
+                    continue
+                ranges = [(c, op) for c, op in found if op in RANGE]
+                for c, op in ranges[:2]:
+                    used.append(c)
+                    plan["range"].append([c, op])
+                if ranges:
+                    rows /= 4
+                break
+            unique = primary and len(plan["eq"]) == len(columns)
+            rows = 1.0 if unique else max(rows, 2.0)
+            cost = rows * (1.0 if primary else 3.0) + (0 if primary else 10)
+            if best is None or cost < best[0]:
+                best = (cost, rows, unique, plan, used, columns, descending)
+        cost, rows, unique, plan, used, columns, descending = best
+        argv = 1
+        for c in used:
+            info.set_aConstraintUsage_argvIndex(c, argv)
+            argv += 1
+            if c in plan["eq"]:
+                info.set_aConstraintUsage_omit(c, True)
+                if info.get_aConstraintUsage_in(c):
+                    info.set_aConstraintUsage_in(c, True)
+                    plan["in"].append(c)
+        plan["order"] = [c for c in used]
+        plan["reverse"] = self._order(info, columns, descending, positions)
+        if plan["reverse"] is None and not plan["in"]:  # equal leading columns need no order
+            depth = len(plan["eq"])
+            plan["reverse"] = self._order(info, columns[depth:], descending[depth:], positions)
+        if plan["reverse"] is not None:
+            info.orderByConsumed = True
+        info.idxStr = json.dumps(plan)
+        info.estimatedCost = cost
+        info.estimatedRows = int(rows)
+        if unique:
+            info.idxFlags = apsw.SQLITE_INDEX_SCAN_UNIQUE
+        return True
+
+    @staticmethod
+    def _order(info, columns, descending, positions) -> bool | None:
+        """True: read backwards; False: forwards; None: SQLite must sort."""
+        if info.nOrderBy == 0:
+            return False
+        if info.nOrderBy > len(columns):
+            return None
+        direction = None
+        for i in range(info.nOrderBy):
+            if info.get_aOrderBy_iColumn(i) != positions[columns[i]]:
+                return None
+            reverse = bool(info.get_aOrderBy_desc(i)) != descending[i]
+            if direction is None:
+                direction = reverse
+            elif direction != reverse:
+                return None
+        return direction
+
+    def Open(self):
+        return Cursor(self)
+
+    def UpdateInsertRow(self, rowid, fields):
+        return self.session.insert_row(self.table.name, list(fields))
+
+    def UpdateDeleteRow(self, rowid):
+        self.session.delete_row(self.table.name, rowid)
+
+    def UpdateChangeRow(self, rowid, newrowid, fields):
+        self.session.update_row(self.table.name, rowid, list(fields))
+
+    def Disconnect(self):
+        pass
+
+    Destroy = Disconnect
+
+
+class Cursor:
+    def __init__(self, vtable: VirtualTable):
+        self.vtable = vtable
+        self.session = vtable.session
+        self.table = vtable.table
+        self.codec = self.session.database.codec(self.table.name)
+        key_positions = [self.table.position(c) for c in self.table.primary_key]
+        self.key_positions = key_positions
+        self.rows = iter(())
+        self.current = None
+        self.decoded = None
+        self.prefix_length = len(index_prefix(self.table.id, PRIMARY))
+
+    def Filter(self, indexnum, indexname, args):
+        plan = json.loads(indexname)
+        by_constraint = dict(zip(plan["order"], args, strict=True))
+        index_id = plan["index"]
+        if index_id == PRIMARY:
+            columns, descending = self.table.primary_key, (False,) * len(self.table.primary_key)
+        else:
+            index = next(i for i in self.table.indexes if i.id == index_id)
+            columns, descending = index.columns, index.descending
+        affinities = [self.table.column(c).affinity for c in columns]
+        choices = []
+        for n, c in enumerate(plan["eq"]):
+            values = by_constraint[c]
+            values = values if c in plan["in"] else [values]
+            kept = []
+            for value in values:
+                try:
+                    kept.append(coerce(value, affinities[n], columns[n]))
+                except Exception:
+                    continue  # a value of another type equals nothing in this column
+            choices.append(sorted(set(kept), key=lambda v: (v is None, v)))
+        base = index_prefix(self.table.id, index_id)
+        ranges = []
+        depth = len(plan["eq"])
+        for combination in itertools.product(*choices):
+            if any(v is None for v in combination):
+                continue  # = NULL is never true
+            prefix = base + encode_values(combination, descending[:depth])
+            low, high = prefix, prefix_end(prefix)
+            for c, op in plan["range"]:
+                try:
+                    value = coerce(by_constraint[c], affinities[depth], columns[depth])
+                except Exception:
+                    continue  # SQLite checks this constraint itself
+                if value is None:
+                    continue
+                bound = prefix + encode_values([value], [descending[depth]])
+                after = prefix_end(bound)
+                if descending[depth]:
+                    op = {GT: LT, GE: LE, LT: GT, LE: GE}[op]
+                if op == GT:
+                    low = max(low, after)
+                elif op == GE:
+                    low = max(low, bound)
+                elif op == LT:
+                    high = bound if high is None else min(high, bound)
+                elif op == LE:
+                    high = after if high is None else min(high, after)
+            ranges.append((low, high))
+        reverse = bool(plan["reverse"])
+        if reverse:
+            ranges.reverse()
+        scans = (self.session.scan(low, high, reverse) for low, high in ranges)
+        entries = itertools.chain.from_iterable(scans)
+        if index_id != PRIMARY:
+            entries = self._rows_of(entries, len(columns))
+        self.rows = entries
+        self.Next()
+
+    def _rows_of(self, entries, indexed: int):
+        pk_count = len(self.table.primary_key)
+        for key, _ in entries:
+            values, _ = decode_values(key, indexed + pk_count, position=_after_ids(key))
+            row_key = index_prefix(self.table.id, PRIMARY) + encode_values(values[indexed:])
+            value = self.session.get(row_key)
+            if value is not None:
+                yield row_key, value
+
+    def Eof(self) -> bool:
+        return self.current is None
+
+    def Next(self) -> None:
+        self.current = next(self.rows, None)
+        self.decoded = None
+        if self.current is not None:
+            self.session.rows_read += 1
+
+    def _row(self) -> list:
+        key, value = self.current
+        row = [None] * len(self.table.columns)
+        for position, v in zip(self.codec.positions, self.codec.decode(value), strict=True):
+            row[position] = v
+        keys, _ = decode_values(key, len(self.key_positions), position=self.prefix_length)
+        for position, v in zip(self.key_positions, keys, strict=True):
+            row[position] = v
+        self.decoded = row
+        return row
+
+    def Column(self, number: int):
+        if number == -1:
+            return self.session.handle(self.current[0])
+        row = self.decoded or self._row()
+        return row[number]
+
+    def Rowid(self) -> int:
+        return self.session.handle(self.current[0])
+
+    def Close(self) -> None:
+        self.rows = iter(())
+
+
+def _after_ids(key: bytes) -> int:
+    """Where the values start: after the table id and index id."""
+    first = 1 + key[0]
+    return first + 1 + key[first]
