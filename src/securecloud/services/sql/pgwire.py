@@ -303,6 +303,9 @@ class Connection:
         return _message(b"Z", state)
 
     async def loop(self) -> None:
+        """Messages up to a Sync, Flush or Query are handled together in one worker
+        thread (a pipelined executemany is one hop, not one per message)."""
+        pending: list[tuple[bytes, bytes]] = []
         while True:
             header = await self.reader.readexactly(5)
             kind = header[:1]
@@ -312,7 +315,11 @@ class Connection:
             body = await self.reader.readexactly(length - 4)
             if kind == b"X":
                 return
-            reply = await asyncio.to_thread(self.handle, kind, body)
+            pending.append((kind, body))
+            if kind not in (b"S", b"H", b"Q") and len(pending) < 10000:
+                continue
+            batch, pending = pending, []
+            reply = await asyncio.to_thread(lambda b=batch: b"".join(self.handle(*m) for m in b))
             if reply:
                 self.writer.write(reply)
                 await self.writer.drain()

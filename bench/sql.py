@@ -1,0 +1,245 @@
+"""CascaDB against the PostgreSQL server of this machine: the same data, client and batches.
+
+Loads metering readings (METERS meters × DAYS days of 15-minute readings, the
+phasor fields as columns, keyed by (client_id, timestamp)) through psycopg
+`executemany` in batches of BATCH rows per transaction, time-major as a
+collector sends them, into CascaDB (PostgreSQL protocol over TLS, storage in a
+real KVS gateway with 9 nodes: encrypted, erasure-coded ec:6+3) and into
+PostgreSQL (database `test`, table dropped first). Then query shapes in the
+style of TSBS cpu-only, each run REPEAT times on both:
+
+    lastpoint     the last reading of one meter (ORDER BY timestamp DESC LIMIT 1)
+    range_agg     one meter's energy and mean power over one day
+    hourly        hourly mean power of every meter over one day (GROUP BY)
+    top           the ten meters with the most energy over one day
+
+    python bench/sql.py --out bench/results/sql.json            # 1,000 meters × 30 days
+    python bench/sql.py --quick --out /tmp/sql-quick.json       # 100 meters × 3 days
+
+Figures are ratios to PostgreSQL in the same run (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import summary_ms, write_results  # noqa: E402
+
+from securecloud.infra.cas.ca import cert_pem, issue, make_ca  # noqa: E402
+from securecloud.infra.supervisor import Supervisor, free_port  # noqa: E402
+from securecloud.infra.web import TlsFiles, server_ssl_context  # noqa: E402
+from securecloud.services.kvs.client import KvsClient  # noqa: E402
+from securecloud.services.sql.engine import Database  # noqa: E402
+from securecloud.services.sql.objects import KvsObjects  # noqa: E402
+from securecloud.services.sql.pgwire import Authenticator, PgServer  # noqa: E402
+from securecloud.services.sql.storage import Store  # noqa: E402
+
+TOKEN = "bench-token"
+PG = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+INTERVAL = 900
+START = 1_767_225_600  # 2026-01-01 00:00 UTC
+SCHEMA = (
+    "CREATE TABLE reading (client_id INTEGER NOT NULL, timestamp BIGINT NOT NULL, "
+    "voltage_a DOUBLE PRECISION, voltage_b DOUBLE PRECISION, voltage_c DOUBLE PRECISION, "
+    "current_a DOUBLE PRECISION, current_b DOUBLE PRECISION, current_c DOUBLE PRECISION, "
+    "power DOUBLE PRECISION, reactive DOUBLE PRECISION, power_factor DOUBLE PRECISION, "
+    "frequency DOUBLE PRECISION, energy DOUBLE PRECISION, "
+    "PRIMARY KEY (client_id, timestamp))"
+)
+INSERT = (
+    "INSERT INTO reading (client_id, timestamp, voltage_a, voltage_b, voltage_c, current_a, "
+    "current_b, current_c, power, reactive, power_factor, frequency, energy) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+
+
+def readings(meters: int, days: int):
+    """Time-major, as a collector receives them: every meter's reading of one interval."""
+    rng = random.Random(7)
+    energy = [0.0] * meters
+    for step in range(days * 96):
+        ts = START + step * INTERVAL
+        for meter in range(meters):
+            power = max(0.05, rng.gauss(0.6, 0.3))
+            energy[meter] += power / 4
+            v = [230 + rng.uniform(-3, 3) for _ in range(3)]
+            i = [power * 1000 / 3 / x for x in v]
+            yield (meter, ts, *v, *i, power, power * 0.2, 0.97, 60.0, round(energy[meter], 3))
+
+
+QUERIES = {
+    "lastpoint": (
+        "SELECT * FROM reading WHERE client_id = %s ORDER BY timestamp DESC LIMIT 1",
+        lambda r, m, d: (r.randrange(m),),
+    ),
+    "range_agg": (
+        "SELECT max(energy) - min(energy), avg(power) FROM reading "
+        "WHERE client_id = %s AND timestamp >= %s AND timestamp < %s",
+        lambda r, m, d: _meter_day(r, m, d),
+    ),
+    "hourly": (
+        "SELECT client_id, timestamp / 3600 AS hour, avg(power) FROM reading "
+        "WHERE timestamp >= %s AND timestamp < %s GROUP BY client_id, hour",
+        lambda r, m, d: _day(r, d),
+    ),
+    "top": (
+        "SELECT client_id, sum(power) / 4 AS kwh FROM reading WHERE timestamp >= %s "
+        "AND timestamp < %s GROUP BY client_id ORDER BY kwh DESC LIMIT 10",
+        lambda r, m, d: _day(r, d),
+    ),
+}
+
+
+def _day(rng, days):
+    start = START + rng.randrange(days) * 86400
+    return (start, start + 86400)
+
+
+def _meter_day(rng, meters, days):
+    return (rng.randrange(meters), *_day(rng, days))
+
+
+def load(conninfo: str, meters: int, days: int, batch: int) -> float:
+    with psycopg.connect(conninfo, autocommit=True) as connection:
+        connection.execute("DROP TABLE IF EXISTS reading")
+        connection.execute(SCHEMA)
+    total, started = meters * days * 96, time.perf_counter()
+    with psycopg.connect(conninfo) as connection, connection.cursor() as cursor:
+        rows, done = [], 0
+        for row in readings(meters, days):
+            rows.append(row)
+            if len(rows) == batch:
+                cursor.executemany(INSERT, rows)
+                connection.commit()
+                done += len(rows)
+                rows = []
+                if done % (batch * 50) == 0:
+                    print(f"  {done:,}/{total:,} rows", file=sys.stderr)
+        if rows:
+            cursor.executemany(INSERT, rows)
+            connection.commit()
+    return total / (time.perf_counter() - started)
+
+
+def run_queries(conninfo: str, meters: int, days: int, repeat: int) -> dict:
+    timings = {}
+    with psycopg.connect(conninfo, autocommit=True) as connection:
+        for name, (sql, params) in QUERIES.items():
+            rng = random.Random(11)
+            seconds = []
+            for _ in range(repeat + 2):
+                args = params(rng, meters, days)
+                started = time.perf_counter()
+                connection.execute(sql, args).fetchall()
+                seconds.append(time.perf_counter() - started)
+            timings[name] = summary_ms(seconds[2:])  # two warm-ups
+    return timings
+
+
+def start_cascadb(data_dir: Path, kvs_url: str, cache_mb: int):
+    """The engine on the real KVS, behind the PostgreSQL protocol, in this process."""
+    creds = json.loads((data_dir / "kvs" / "credentials.json").read_text())
+    client = KvsClient(kvs_url, data_dir / "kvs" / "ca.crt", creds["id"], creds["secret"])
+    client.create_bucket("sql")
+    database = Database(Store(KvsObjects(client, "sql"), cache_bytes=cache_mb * 1024 * 1024))
+    ca_key, ca_cert = make_ca("bench CA")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = issue(ca_key, ca_cert, key.public_key(), common_name="localhost", san=("127.0.0.1",))
+    (data_dir / "sql-ca.crt").write_bytes(cert_pem(ca_cert))
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    context = server_ssl_context(TlsFiles(cert_pem(cert), key_pem))
+    port = free_port()
+    ready = threading.Event()
+
+    async def main():
+        await PgServer(database, context, Authenticator(TOKEN)).start("127.0.0.1", port)
+        ready.set()
+        await asyncio.Event().wait()
+
+    threading.Thread(target=lambda: asyncio.run(main()), daemon=True).start()
+    ready.wait(10)
+    conninfo = (
+        f"host=127.0.0.1 port={port} user=bench dbname=cascadb password={TOKEN} "
+        f"sslmode=verify-full sslrootcert={data_dir / 'sql-ca.crt'}"
+    )
+    return conninfo, database
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--quick", action="store_true", help="100 meters × 3 days")
+    parser.add_argument("--meters", type=int, default=1000)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=50)
+    parser.add_argument("--cache-mb", type=int, default=2048)
+    args = parser.parse_args()
+    if args.quick:
+        args.meters, args.days, args.repeat = 100, 3, 30
+    with tempfile.TemporaryDirectory(prefix="bench-sql-") as tmp:
+        data_dir = Path(tmp)
+        supervisor = Supervisor(data_dir)
+        try:
+            las, cas = supervisor.up(free_port(), free_port())
+            kvs = supervisor.start_kvs(free_port(), cas.url, las.url)
+            conninfo, database = start_cascadb(data_dir, kvs.url, args.cache_mb)
+            print(f"loading {args.meters} meters × {args.days} days into CascaDB", file=sys.stderr)
+            cascadb_rate = load(conninfo, args.meters, args.days, args.batch)
+            print("loading the same into PostgreSQL", file=sys.stderr)
+            pg_rate = load(PG, args.meters, args.days, args.batch)
+            cascadb = run_queries(conninfo, args.meters, args.days, args.repeat)
+            pg = run_queries(PG, args.meters, args.days, args.repeat)
+            stats = database.store.stats()
+        finally:
+            supervisor.stop_all()
+    results = {
+        "meters": args.meters,
+        "days": args.days,
+        "rows": args.meters * args.days * 96,
+        "batch": args.batch,
+        "insert_rows_per_s": round(cascadb_rate),
+        "pg_insert_rows_per_s": round(pg_rate),
+        "insert_ratio": round(cascadb_rate / pg_rate, 3),
+        "store": stats,
+    }
+    rows = [
+        ("insert_rows_per_s", results["insert_rows_per_s"], "CascaDB, psycopg executemany"),
+        ("pg_insert_rows_per_s", results["pg_insert_rows_per_s"], "PostgreSQL 15, same client"),
+        ("insert_ratio", results["insert_ratio"], "target ≥ 0.5"),
+    ]
+    for name in QUERIES:
+        ours, theirs = cascadb[name]["p50_ms"], pg[name]["p50_ms"]
+        results[f"{name}_p50_ms"] = ours
+        results[f"pg_{name}_p50_ms"] = theirs
+        results[f"{name}_ratio"] = round(ours / theirs, 2)
+        rows.append(
+            (
+                f"{name}_p50_ms",
+                ours,
+                f"PostgreSQL {theirs} ms; ratio {results[f'{name}_ratio']} (target ≤ 3)",
+            )
+        )
+    write_results(args.out, "CascaDB vs PostgreSQL", results, rows)
+
+
+if __name__ == "__main__":
+    main()
