@@ -36,16 +36,15 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import summary_ms, write_results  # noqa: E402
-
-from securecloud.infra.cas.ca import cert_pem, issue, make_ca  # noqa: E402
-from securecloud.infra.supervisor import Supervisor, free_port  # noqa: E402
-from securecloud.infra.web import TlsFiles, server_ssl_context  # noqa: E402
-from securecloud.services.kvs.client import KvsClient  # noqa: E402
-from securecloud.services.sql.engine import Database  # noqa: E402
-from securecloud.services.sql.objects import KvsObjects  # noqa: E402
-from securecloud.services.sql.pgwire import Authenticator, PgServer  # noqa: E402
-from securecloud.services.sql.storage import Store  # noqa: E402
+from common import summary_ms, write_results
+from securecloud.infra.cas.ca import cert_pem, issue, make_ca
+from securecloud.infra.supervisor import Supervisor, free_port
+from securecloud.infra.web import TlsFiles, server_ssl_context
+from securecloud.services.kvs.client import KvsClient
+from securecloud.services.sql.engine import Database
+from securecloud.services.sql.objects import KvsObjects
+from securecloud.services.sql.pgwire import Authenticator, PgServer
+from securecloud.services.sql.storage import Store
 
 TOKEN = "bench-token"
 PG = "host=127.0.0.1 port=5432 user=postgres dbname=test"
