@@ -66,3 +66,36 @@ def service_url(data_dir: Path, name: str, default: str) -> str:
     if record.exists():
         return json.loads(record.read_text())["url"]
     return default
+
+
+def run_attested(
+    service: str,
+    config_id: str,
+    data_dir: Path,
+    workdir: Path,
+    cas: str,
+    cas_ca: Path,
+    las: str,
+    **spec,
+) -> None:
+    """Launch `service` attested in the foreground: SIGTERM/SIGINT go to it, and its exit
+    code becomes ours. `spec`: more LaunchSpec fields (overcommit, heap_mb)."""
+    import signal
+
+    from securecloud.runtime.launcher import LaunchSpec, launch
+
+    process = launch(
+        LaunchSpec(
+            service=service,
+            config_id=config_id,
+            cas_addr=cas,
+            cas_ca=cas_ca.resolve(),
+            las_addr=las,
+            ledger_dir=(data_dir / "runtime").resolve(),
+            workdir=workdir.resolve(),
+            **spec,
+        )
+    )
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda s, _f: process.send_signal(s))
+    raise typer.Exit(process.wait())

@@ -19,6 +19,7 @@ from securecloud.cli.common import (
     fail,
     handle_errors,
     print_json,
+    run_attested,
     service_url,
 )
 
@@ -155,7 +156,6 @@ def authenticator_serve(
         Ownership.parse(partitions, shard)
     except ValueError as exc:
         fail(str(exc))
-    from securecloud.runtime.launcher import LaunchSpec, launch
 
     if not (data_dir / "kvs" / "ca.crt").exists():
         fail("no KVS gateway in this data directory: start it first (`securecloud kvs serve`)")
@@ -176,19 +176,9 @@ def authenticator_serve(
         shard,
     )
     config_id = deployment.apply()
-    spec = LaunchSpec(
-        service="meter-authenticator",
-        config_id=config_id,
-        cas_addr=cas,
-        cas_ca=cas_ca.resolve(),
-        las_addr=las,
-        ledger_dir=(data_dir / "runtime").resolve(),
-        workdir=(data_dir / "metering" / "work").resolve(),
+    run_attested(
+        "meter-authenticator", config_id, data_dir, data_dir / "metering" / "work", cas, cas_ca, las
     )
-    process = launch(spec)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda s, _f: process.send_signal(s))
-    raise typer.Exit(process.wait())
 
 
 def api(data_dir: Path, url: str | None = None):

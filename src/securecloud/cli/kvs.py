@@ -1,7 +1,6 @@
 """`securecloud kvs`: the secure key-value / object store."""
 
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +15,7 @@ from securecloud.cli.common import (
     fail,
     handle_errors,
     print_json,
+    run_attested,
     service_url,
 )
 
@@ -88,7 +88,6 @@ def serve(
 ) -> None:
     """Write the gateway's CAS policy, then run the gateway as an attested service; it gets
     its master key, TLS certificate and API keys from CAS, or does not start."""
-    from securecloud.runtime.launcher import LaunchSpec, launch
     from securecloud.services.kvs.deploy import GatewayDeployment
 
     cas_ca = cas_ca or data_dir / "cas" / "ca.crt"
@@ -105,19 +104,7 @@ def serve(
         coder,
     )
     config_id = deployment.apply()
-    spec = LaunchSpec(
-        service="kvs-gateway",
-        config_id=config_id,
-        cas_addr=cas,
-        cas_ca=cas_ca.resolve(),
-        las_addr=las,
-        ledger_dir=(data_dir / "runtime").resolve(),
-        workdir=(data_dir / "kvs" / "work").resolve(),
-    )
-    process = launch(spec)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda s, _f: process.send_signal(s))
-    raise typer.Exit(process.wait())
+    run_attested("kvs-gateway", config_id, data_dir, data_dir / "kvs" / "work", cas, cas_ca, las)
 
 
 @node_app.command("serve")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import signal
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from securecloud.cli.common import DEFAULT_DATA_DIR, DataDir, fail, handle_errors
+from securecloud.cli.common import DEFAULT_DATA_DIR, DataDir, fail, handle_errors, run_attested
 
 app = typer.Typer(help="CascaDB: SQL (PostgreSQL protocol and HTTPS) over the secure KVS.")
 
@@ -37,7 +36,6 @@ def serve(
     Clients: `psql "host=HOST port=PORT sslmode=verify-full sslrootcert=<data dir>/sql/ca.crt"`
     with the password in <data dir>/sql/token."""
     from securecloud.cli.kvs import _client
-    from securecloud.runtime.launcher import LaunchSpec, launch
     from securecloud.services.sql.deploy import SqlDeployment, sql_dir
     from securecloud.services.sql.server import BUCKET
 
@@ -56,21 +54,17 @@ def serve(
         kvs_url,
     )
     config_id = deployment.apply()
-    spec = LaunchSpec(
-        service="sql-server",
-        config_id=config_id,
-        cas_addr=cas,
-        cas_ca=cas_ca.resolve(),
-        las_addr=las,
-        ledger_dir=(data_dir / "runtime").resolve(),
-        workdir=(sql_dir(data_dir) / "work").resolve(),
+    run_attested(
+        "sql-server",
+        config_id,
+        data_dir,
+        sql_dir(data_dir) / "work",
+        cas,
+        cas_ca,
+        las,
         overcommit=True,  # the block cache is larger than the EPC budget: docs/sql.md
         heap_mb=max(64, cache_mb + 64),
     )
-    process = launch(spec)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda s, _f: process.send_signal(s))
-    raise typer.Exit(process.wait())
 
 
 @app.command()
