@@ -29,8 +29,9 @@ test-deps:
 	command -v nats-server >/dev/null || test -x /usr/sbin/nats-server || missing="$$missing nats-server"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || missing="$$missing haproxy"; \
+	command -v psql >/dev/null || missing="$$missing postgresql-client"; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing$$missing (tests run real servers: Redis, NATS, HAProxy, Chromium, rclone)"; \
+	  echo "installing$$missing (tests run real servers and clients: Redis, NATS, HAProxy, psql, Chromium, rclone)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
