@@ -98,13 +98,34 @@ class Database:
             return self.store.checkpoint()
 
 
+_ABSENT = object()
+
+
 class Transaction:
     def __init__(self, started: int, explicit: bool):
         self.started = started
         self.explicit = explicit
-        self.writes: SortedDict = SortedDict()
+        self.writes: SortedDict = SortedDict()  # key -> value, None: deleted
         self.catalog_changed = False
         self.failed = False
+        self._undo: dict[bytes, object] = {}  # what the current statement overwrote
+
+    def put(self, key: bytes, value: bytes | None) -> None:
+        if key not in self._undo:
+            self._undo[key] = self.writes.get(key, _ABSENT)
+        self.writes[key] = value
+
+    def begin_statement(self) -> None:
+        self._undo = {}
+
+    def undo_statement(self) -> None:
+        """Take back the current statement's writes (and only those)."""
+        for key, previous in self._undo.items():
+            if previous is _ABSENT:
+                del self.writes[key]
+            else:
+                self.writes[key] = previous
+        self._undo = {}
 
 
 class Session:
@@ -112,7 +133,7 @@ class Session:
         self.database = database
         self.connection = apsw.Connection(":memory:")
         self.connection.create_module("cascadb", Module(self), use_bestindex_object=True)
-        self.synced: dict[str, int] = {}  # table name -> its id, for the virtual tables here
+        self.synced: set[str] = set()  # tables that have a virtual table here
         self.synced_version = -1
         self.transaction: Transaction | None = None
         self._handles: dict[int, bytes] = {}
@@ -144,7 +165,7 @@ class Session:
             implicit = txn is None
             if implicit:
                 txn = self.transaction = Transaction(self.database.store.seq, False)
-            mark = dict(txn.writes) if not implicit else None
+            txn.begin_statement()
             try:
                 result = self._statement(statement, params, dialect_name)
                 if implicit:
@@ -157,7 +178,7 @@ class Session:
                 if implicit:
                     self.transaction = None
                 else:
-                    txn.writes = SortedDict(mark)
+                    txn.undo_statement()
                     txn.failed = True
                 self._forget_handles()
                 if isinstance(exc, apsw.Error):
@@ -253,7 +274,7 @@ class Session:
             txn = self._ddl_allowed()
             table_id = self._next_table_id(txn)
             table = table_from_ddl(statement, table_id)
-            txn.writes[catalog_key(table.name)] = table.to_json()
+            txn.put(catalog_key(table.name), table.to_json())
             return Result(tag="CREATE TABLE")
         if kind == "INDEX":
             target = statement.this.args["table"].name.lower()
@@ -268,7 +289,7 @@ class Session:
                 table.name, table.id, table.columns, table.primary_key, (*table.indexes, index)
             )
             self._backfill(grown, index)
-            txn.writes[catalog_key(table.name)] = grown.to_json()
+            txn.put(catalog_key(table.name), grown.to_json())
             return Result(tag="CREATE INDEX")
         raise Unsupported(f"CREATE {kind} is not supported")
 
@@ -288,8 +309,8 @@ class Session:
                 for key, _ in self.database.store.scan(
                     start, prefix_end(start), overlay=txn.writes
                 ):
-                    txn.writes[key] = None
-                txn.writes[catalog_key(name)] = None
+                    txn.put(key, None)
+                txn.put(catalog_key(name), None)
             return Result(tag="DROP TABLE")
         if kind == "INDEX":
             for name in names:
@@ -311,18 +332,17 @@ class Session:
                 for key, _ in self.database.store.scan(
                     start, prefix_end(start), overlay=txn.writes
                 ):
-                    txn.writes[key] = None
+                    txn.put(key, None)
                 kept = tuple(i for i in owner.indexes if i.name != name)
-                txn.writes[catalog_key(owner.name)] = Table(
-                    owner.name, owner.id, owner.columns, owner.primary_key, kept
-                ).to_json()
+                shrunk = Table(owner.name, owner.id, owner.columns, owner.primary_key, kept)
+                txn.put(catalog_key(owner.name), shrunk.to_json())
             return Result(tag="DROP INDEX")
         raise Unsupported(f"DROP {kind} is not supported")
 
     def _next_table_id(self, txn: Transaction) -> int:
         raw = self.get(SEQUENCE_KEY)
         table_id = decode_id(raw)[0] if raw else 1
-        txn.writes[SEQUENCE_KEY] = encode_id(table_id + 1)
+        txn.put(SEQUENCE_KEY, encode_id(table_id + 1))
         return table_id
 
     def _backfill(self, table: Table, index) -> None:
@@ -330,7 +350,7 @@ class Session:
         start = index_prefix(table.id, PRIMARY)
         seen: dict[bytes, bytes] = {}
         for key, value in self.scan(start, prefix_end(start)):
-            row = self._decode(table, codec, key, value)
+            row = codec.row(key, value)
             entry = self._index_key(table, index, row)
             if index.unique and entry[1] is not None:
                 if entry[1] in seen:
@@ -338,7 +358,7 @@ class Session:
                         f'could not create unique index "{index.name}": duplicate values'
                     )
                 seen[entry[1]] = key
-            self.transaction.writes[entry[0]] = b""
+            self.transaction.put(entry[0], b"")
 
     def _sync(self) -> None:
         """Give this connection a virtual table per table of the catalog."""
@@ -347,10 +367,10 @@ class Session:
             return
         for name in self.synced:
             self.connection.execute(f'DROP TABLE IF EXISTS temp."{name}"')
-        self.synced = {}
-        for name, table in database.tables.items():
+        self.synced = set()
+        for name in database.tables:
             self.connection.execute(f'CREATE VIRTUAL TABLE temp."{name}" USING cascadb()')
-            self.synced[name] = table.id
+            self.synced.add(name)
         self.synced_version = database.version
 
     # -- reads and writes for the virtual tables --------------------------------------
@@ -387,19 +407,6 @@ class Session:
         self._handles.clear()
         self._handle_ids.clear()
 
-    @staticmethod
-    def _decode(table: Table, codec: RowCodec, key: bytes, value: bytes) -> list:
-        from securecloud.services.sql.keys import decode_values
-
-        row = [None] * len(table.columns)
-        for position, v in zip(codec.positions, codec.decode(value), strict=True):
-            row[position] = v
-        prefix = len(index_prefix(table.id, PRIMARY))
-        values, _ = decode_values(key, len(table.primary_key), position=prefix)
-        for name, v in zip(table.primary_key, values, strict=True):
-            row[table.position(name)] = v
-        return row
-
     def _coerce(self, table: Table, fields: list) -> list:
         row = [coerce(v, c.affinity, c.name) for v, c in zip(fields, table.columns, strict=True)]
         for i, column in enumerate(table.columns):
@@ -420,7 +427,7 @@ class Session:
             raise Unsupported("serial columns are supported as the whole primary key only")
         start = index_prefix(table.id, PRIMARY)
         for key, value in self.scan(start, prefix_end(start), reverse=True):
-            return self._decode(table, self.database.codec(table.name), key, value)[position] + 1
+            return self.database.codec(table.name).row(key, value)[position] + 1
         return 1
 
     def _primary_key(self, table: Table, row: list) -> bytes:
@@ -442,7 +449,7 @@ class Session:
         table = self._table(name)
         row = self._coerce(table, fields)
         key = self._primary_key(table, row)
-        writes = self.transaction.writes
+        txn = self.transaction
         old = self.get(key)
         if old is not None:
             mode = self.connection.vtab_on_conflict()
@@ -464,16 +471,16 @@ class Session:
                 raise UniqueViolation(
                     f'duplicate key value violates unique constraint "{index.name}"'
                 )
-            writes[entry] = b""
-        writes[key] = value
+            txn.put(entry, b"")
+        txn.put(key, value)
         return self.handle(key)
 
     def _unindex(self, table: Table, key: bytes, value: bytes) -> None:
         if not table.indexes:
             return
-        row = self._decode(table, self.database.codec(table.name), key, value)
+        row = self.database.codec(table.name).row(key, value)
         for index in table.indexes:
-            self.transaction.writes[self._index_key(table, index, row)[0]] = None
+            self.transaction.put(self._index_key(table, index, row)[0], None)
 
     def delete_row(self, name: str, handle: int) -> None:
         table = self._table(name)
@@ -482,7 +489,7 @@ class Session:
         if old is None:
             return
         self._unindex(table, key, old)
-        self.transaction.writes[key] = None
+        self.transaction.put(key, None)
 
     def update_row(self, name: str, handle: int, fields: list) -> None:
         table = self._table(name)
@@ -497,9 +504,9 @@ class Session:
                 f'duplicate key value violates unique constraint "{table.name}_pkey"'
             )
         self._unindex(table, key, old)
-        writes = self.transaction.writes
+        txn = self.transaction
         if new_key != key:
-            writes[key] = None
+            txn.put(key, None)
             self._handles[handle] = new_key
         for index in table.indexes:
             entry, unique = self._index_key(table, index, row)
@@ -507,8 +514,8 @@ class Session:
                 raise UniqueViolation(
                     f'duplicate key value violates unique constraint "{index.name}"'
                 )
-            writes[entry] = b""
-        writes[new_key] = self.database.codec(name).encode(row)
+            txn.put(entry, b"")
+        txn.put(new_key, self.database.codec(name).encode(row))
 
     def close(self) -> None:
         self.transaction = None

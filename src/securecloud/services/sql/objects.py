@@ -54,7 +54,7 @@ class KvsObjects:
     def list(self, prefix: str, start_after: str = "") -> list[str]:
         names: list[str] = []
         while True:
-            found = self.client.list(self.bucket, prefix, start_after or "", limit=10000)
+            found = self.client.list(self.bucket, prefix, start_after, limit=10000)
             names += [entry["key"] for entry in found]
             if len(found) < 10000:
                 return names

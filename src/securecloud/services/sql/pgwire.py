@@ -22,6 +22,7 @@ import datetime as dt
 import hmac
 import logging
 import os
+import re
 import ssl
 import struct
 from dataclasses import dataclass, field
@@ -469,8 +470,6 @@ class Connection:
 
 
 def _parameter_count(sql: str) -> int:
-    import re
-
     found = [int(n) for n in re.findall(r"\$(\d+)", sql)]
     return max(found, default=0)
 

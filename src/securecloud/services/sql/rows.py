@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import struct
 
-from securecloud.services.sql.catalog import Table
+from securecloud.services.sql.catalog import PRIMARY, Table
 from securecloud.services.sql.errors import NotNullViolation, TypeMismatch
+from securecloud.services.sql.keys import decode_values, index_prefix
 
 _CODES = {"integer": "q", "real": "d", "text": "I", "blob": "I"}
 _ZERO = {"integer": 0, "real": 0.0, "text": 0, "blob": 0}
@@ -67,6 +68,8 @@ class RowCodec:
         self.fixed = struct.Struct(f"<{self.bitmap}s" + "".join(_CODES[a] for a in self.affinities))
         self.variable = [i for i, a in enumerate(self.affinities) if a in ("text", "blob")]
         self.zero = [_ZERO[a] for a in self.affinities]
+        self.key_positions = [table.position(c) for c in table.primary_key]
+        self.key_start = len(index_prefix(table.id, PRIMARY))
 
     def encode(self, row: list) -> bytes:
         """`row`: every column of the table, coerced; only value columns are packed."""
@@ -115,3 +118,13 @@ class RowCodec:
                 if bits >> j & 1:
                     values[j] = None
         return values
+
+    def row(self, key: bytes, value: bytes) -> list:
+        """Every column of a stored row: key columns from its key, the others from its value."""
+        row = [None] * len(self.table.columns)
+        for position, v in zip(self.positions, self.decode(value), strict=True):
+            row[position] = v
+        keys, _ = decode_values(key, len(self.key_positions), position=self.key_start)
+        for position, v in zip(self.key_positions, keys, strict=True):
+            row[position] = v
+        return row

@@ -158,12 +158,9 @@ class Cursor:
         self.session = vtable.session
         self.table = vtable.table
         self.codec = self.session.database.codec(self.table.name)
-        key_positions = [self.table.position(c) for c in self.table.primary_key]
-        self.key_positions = key_positions
         self.rows = iter(())
         self.current = None
         self.decoded = None
-        self.prefix_length = len(index_prefix(self.table.id, PRIMARY))
 
     def Filter(self, indexnum, indexname, args):
         plan = json.loads(indexname)
@@ -243,15 +240,8 @@ class Cursor:
             self.session.rows_read += 1
 
     def _row(self) -> list:
-        key, value = self.current
-        row = [None] * len(self.table.columns)
-        for position, v in zip(self.codec.positions, self.codec.decode(value), strict=True):
-            row[position] = v
-        keys, _ = decode_values(key, len(self.key_positions), position=self.prefix_length)
-        for position, v in zip(self.key_positions, keys, strict=True):
-            row[position] = v
-        self.decoded = row
-        return row
+        self.decoded = self.codec.row(*self.current)
+        return self.decoded
 
     def Column(self, number: int):
         if number == -1:
