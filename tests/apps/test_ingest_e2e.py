@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from securecloud.apps import collector
 from securecloud.apps.metering import store
 from securecloud.apps.metering.reading import Reading
 from securecloud.apps.metering.simulator import lost as simulated_lost
@@ -197,3 +198,24 @@ def test_fraud_scoring_runs_as_an_asperathos_job_and_ranks_every_meter(ingest_pl
     assert all(a["risk"] >= b["risk"] for a, b in itertools.pairwise(rows))
     missing = cli(data_dir, "fraud", "ranking", "--day", "2026-04-01", check=False)
     assert missing.returncode != 0 and "no scores" in missing.stdout + missing.stderr
+
+
+def test_export_writes_every_verified_reading_of_the_day_for_the_collector(
+    ingest_platform, tmp_path
+):
+    data_dir, _supervisor, ports = ingest_platform
+    cli(data_dir, "ingest", "flush", "--url", f"https://127.0.0.1:{ports.api}")
+    out = tmp_path / "day.csv"
+    cli(data_dir, "ingest", "export", "--start", "2026-03-03", "--out", str(out))
+    with _client(data_dir, None) as kvs:
+        stored = store.stored_counters(kvs, "readings/2026-03-03/")
+    with open(out, newline="") as lines:
+        rows = list(collector.rows(lines))  # the collector accepts the file as it is
+    assert len(rows) == sum(len(c) for c in stored.values()) > 0
+    assert {r[0] for r in rows} == set(stored)
+    assert [(r[1], r[0]) for r in rows] == sorted((r[1], r[0]) for r in rows)  # time-major
+    for meter in list(stored)[:20]:
+        energy = [r[-1] for r in rows if r[0] == meter]
+        assert energy == sorted(energy)  # the register never runs backwards
+    bad = cli(data_dir, "ingest", "export", "--start", "2026-02-30", check=False)
+    assert bad.returncode != 0 and "start" in bad.stdout + bad.stderr

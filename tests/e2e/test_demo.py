@@ -19,7 +19,7 @@ def demo_run(tmp_path_factory):
     work, report = tmp_path_factory.mktemp("work"), tmp_path_factory.mktemp("report")
     # The defaults (2,000 meters, 7 days) are `make demo`'s; a smaller fleet here.
     command = [sys.executable, "-m", "securecloud.cli.main", "demo", "--meters", "300"]
-    command += ["--days", "3", "--out", str(report)]
+    command += ["--days", "3", "--collector", "--out", str(report)]
     result = subprocess.run(
         command,
         capture_output=True,
@@ -47,8 +47,10 @@ def test_demo_runs_every_step_and_cleans_up(demo_run):
         "300 of 300 bills verified",
         "refused (bill-signature)",
         "ROC-AUC on the ingested data",
+        "verified readings exported as the head-end CSV",
+        "SELECT over CascaDB:",
         "report.html",
-        "stopped aggregator, authenticator, kvs, cas, las",
+        "stopped sql, aggregator, authenticator, kvs, cas, las",
         "demo finished",
     ):
         assert expected in out, expected

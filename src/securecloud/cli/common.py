@@ -32,6 +32,7 @@ DataDir = Annotated[
 
 
 LogLevel = Annotated[str, typer.Option(help="debug, info, warning or error.")]
+KvsUrl = Annotated[str | None, typer.Option(help="KVS gateway URL (default: the running one).")]
 ShowConfig = Annotated[bool, typer.Option(help="Print the configuration and exit.")]
 
 

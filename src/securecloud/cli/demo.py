@@ -15,6 +15,7 @@ stop everything.
 """
 
 import datetime as dt
+import itertools
 import shutil
 import subprocess
 import tempfile
@@ -69,8 +70,12 @@ access_policy:
 START = dt.date(2026, 3, 2)
 
 
-def _step(number: int, text: str) -> None:
-    console.print(f"\n[bold cyan]{number}.[/] [bold]{text}[/]")
+_steps = itertools.count(1)
+
+
+def _step(text: str) -> None:
+    """Print the next numbered step (numbered as they run: optional steps may be skipped)."""
+    console.print(f"\n[bold cyan]{next(_steps)}.[/] [bold]{text}[/]")
 
 
 @handle_errors
@@ -89,6 +94,13 @@ def demo(
     out: Annotated[
         Path, typer.Option(help="Directory for report.html, report.json and the images.")
     ] = Path("demo-report"),
+    collector: Annotated[
+        bool,
+        typer.Option(
+            help="Also run the utility's unmodified SQL collector on the readings, through "
+            "CascaDB (SQL over the secure KVS)."
+        ),
+    ] = False,
 ) -> None:
     """Run the whole pipeline on this machine and write a report.
 
@@ -113,23 +125,23 @@ def demo(
         "[yellow]no hardware isolation[/] (see docs/threat-model.md)"
     )
     try:
-        _step(1, "Start the local attestation service (LAS) and CAS")
+        _step("Start the local attestation service (LAS) and CAS")
         las, cas = supervisor.up(free_port(), free_port())
         platform = supervisor.health(las)["platform_id"]
         console.print(f"   LAS {las.url}  platform id {platform[:32]}…")
         console.print(f"   CAS {cas.url}  state sealed to CAS's measurement, audit log signed")
 
-        _step(2, "Enroll a policy owner (client certificate issued by CAS)")
+        _step("Enroll a policy owner (client certificate issued by CAS)")
         ca_file = data_dir / "cas" / "ca.crt"
         with CasClient(cas.url, ca_file) as anonymous:
             owner = anonymous.enroll(data_dir / "identity")
         console.print(f"   owner key fingerprint {owner.fingerprint()[:32]}…")
 
-        _step(3, "Measure the service to be trusted")
+        _step("Measure the service to be trusted")
         mrenclave = measure(load_manifest("demo-echo"))
         console.print(f"   demo-echo mrenclave {mrenclave}")
 
-        _step(4, "Apply the policy: who may run, what it receives")
+        _step("Apply the policy: who may run, what it receives")
         policy = POLICY.format(mrenclave=mrenclave, wrong="0" * 64)
         with CasClient(cas.url, ca_file, owner) as client:
             applied = client.apply(policy)
@@ -152,7 +164,7 @@ def demo(
             out, err = process.communicate(timeout=60)
             return process.returncode, out, err
 
-        _step(5, "Launch demo-echo in enclave mode as demo/echo")
+        _step("Launch demo-echo in enclave mode as demo/echo")
         console.print(
             "   launcher: clean environment, no core dumps, not dumpable; the service "
             "gets its arguments, environment and files only after attestation"
@@ -166,7 +178,7 @@ def demo(
             "measurement, then released the configuration[/]"
         )
 
-        _step(6, "Launch the same code as demo/impostor, whose policy lists other code")
+        _step("Launch the same code as demo/impostor, whose policy lists other code")
         code, printed, err = run("demo/impostor")
         reason = next((line for line in err.splitlines() if '"refused"' in line), err.strip())
         console.print(f"   exit {code}: {reason}", markup=False)
@@ -174,12 +186,14 @@ def demo(
             raise RuntimeError("the impostor was not refused")
         console.print("   [green]refused: no secret, no argument, no file reached it[/]")
 
-        _step(7, "Verify CAS's audit log (numbered, signed, hash-chained)")
+        _step("Verify CAS's audit log (numbered, signed, hash-chained)")
         key = load_public_key_pem((data_dir / "cas" / "audit.pub").read_bytes())
         head = verify_log(data_dir / "cas" / "audit.log", key)
         console.print(f"   {head.seq} entries verify; head {head.hash[:32]}…")
 
         kvs_url = _ingest(supervisor, data_dir, las.url, cas.url, meters, days, thieves)
+        if collector:
+            _collector(supervisor, data_dir, las.url, cas.url, kvs_url, days)
         from securecloud.apps.metering.fleet import Fleet
         from securecloud.apps.metering.model import consumer_for
         from securecloud.apps.metering.theft import kind_for
@@ -194,7 +208,7 @@ def demo(
                 truth[meter] = kind
         demo_apps.run(_step, data_dir, kvs_url, meters, days, START, truth, out.resolve())
     finally:
-        _step(16, "Stop the platform and clean up")
+        _step("Stop the platform and clean up")
         stopped = supervisor.stop_all()
         console.print(f"   stopped {', '.join(stopped) or 'nothing'}")
         if keep:
@@ -220,7 +234,7 @@ def _ingest(
     from securecloud.crypto import load_public_key_pem
     from securecloud.infra.supervisor import IngestPorts, free_port
 
-    _step(8, "Start the secure KVS and the ingestion: an attested authenticator, an aggregator")
+    _step("Start the secure KVS and the ingestion: an attested authenticator, an aggregator")
     kvs = supervisor.start_kvs(free_port(), cas_url, las_url)
     ports = IngestPorts(free_port(), free_port(), free_port(), free_port())
     auth, _aggregator = supervisor.start_ingest(ports, cas_url, las_url, kvs.url)
@@ -231,7 +245,7 @@ def _ingest(
     )
     console.print(f"   aggregator 127.0.0.1:{ports.aggregator}: untrusted, never decrypts")
 
-    _step(9, f"Provision {meters:,} meters: P-256 keys, registered with the platform")
+    _step(f"Provision {meters:,} meters: P-256 keys, registered with the platform")
     point = bytes.fromhex(
         json.loads((data_dir / "metering" / "authenticator.json").read_text())["public_key"]
     )
@@ -241,7 +255,7 @@ def _ingest(
     kinds = ", ".join(sorted({r.meter_class for r in records}))
     console.print(f"   registry in the KVS: {len(records):,} meters (supply classes {kinds})")
 
-    _step(10, f"Run them for {days} simulated days (BDEW profiles, faults, 15-minute reports)")
+    _step(f"Run them for {days} simulated days (BDEW profiles, faults, 15-minute reports)")
     config = {
         "targets": [f"127.0.0.1:{ports.aggregator}"],
         "start": START.isoformat(),
@@ -266,7 +280,7 @@ def _ingest(
         f"{summary['readings_per_s']:,.0f} reports/s"
     )
 
-    _step(11, "The authenticator's counts, and one reading checked as the regulator would")
+    _step("The authenticator's counts, and one reading checked as the regulator would")
     with api(data_dir, auth.url) as client:
         client.flush()
         status = client.status()
@@ -291,3 +305,68 @@ def _ingest(
         "[green]signature valid under the regulator-registered key[/]"
     )
     return kvs.url
+
+
+def _collector(supervisor, data_dir: Path, las_url: str, cas_url: str, kvs_url: str, days: int):
+    """The legacy path: the stored readings exported as the head-end CSV, then the
+    utility's collector (psycopg, plain INSERTs) writing them into CascaDB."""
+    import sys
+
+    import psycopg
+    from rich.progress import Progress
+
+    from securecloud.apps.metering.export import export_csv
+    from securecloud.cli.billing import regulator_keys
+    from securecloud.cli.kvs import _client
+    from securecloud.infra.supervisor import free_port
+
+    _step("Run the utility's unmodified SQL collector through CascaDB")
+    port = free_port()
+    sql = supervisor.start_sql(port, free_port(), cas_url, las_url, kvs_url)
+    console.print(
+        f"   CascaDB {sql.url} and PostgreSQL protocol on 127.0.0.1:{port}: attested; its TLS "
+        "key, access token and KVS key came from CAS; rows stored encrypted, erasure-coded"
+    )
+    keys = regulator_keys(data_dir / "metering" / "regulator.json")
+    csv_path = data_dir / "head-end.csv"
+    with _client(data_dir, kvs_url) as kvs, open(csv_path, "w", newline="") as stream:
+        total = export_csv(kvs, START, days, keys, stream)
+    console.print(f"   {total:,} verified readings exported as the head-end CSV")
+    token = (data_dir / "sql" / "token").read_text().strip()
+    conninfo = (
+        f"host=127.0.0.1 port={port} user=collector dbname=metering password={token} "
+        f"sslmode=verify-full sslrootcert={data_dir / 'sql' / 'ca.crt'}"
+    )
+    command = [sys.executable, "-m", "securecloud.apps.collector", conninfo]
+    command += ["--input", str(csv_path), "--progress"]
+    began = time.perf_counter()
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("   rows INSERTed", total=total)
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        complaints = []
+        for line in process.stderr:
+            if line.startswith("stored "):
+                bar.update(task, completed=int(line.split()[1]))
+            else:
+                complaints.append(line)
+        printed = process.stdout.read()
+        if process.wait() != 0:
+            raise RuntimeError(
+                f"the collector failed ({process.returncode}): {''.join(complaints)}"
+            )
+    seconds = time.perf_counter() - began
+    console.print(f"   {printed.strip()} ({total / seconds:,.0f} rows/s)", markup=False)
+    with psycopg.connect(conninfo) as connection:
+        count, meters = connection.execute(
+            "SELECT count(*), count(DISTINCT client_id) FROM reading"
+        ).fetchone()
+        top = connection.execute(
+            "SELECT client_id, (max(energy) - min(energy)) / 1000.0 AS kwh FROM reading "
+            "GROUP BY client_id ORDER BY kwh DESC LIMIT 3"
+        ).fetchall()
+    console.print(
+        f"   SELECT over CascaDB: {count:,} readings of {meters:,} meters; largest "
+        + ", ".join(f"meter {m} {kwh:,.1f} kWh" for m, kwh in top)
+    )

@@ -48,7 +48,6 @@ def run(
         )
 
         step(
-            12,
             f"Bill every meter for {period.days} days from its signed readings (tarifa branca; "
             "green tariff with a demand charge above 1 kV)",
         )
@@ -70,7 +69,7 @@ def run(
             f"total {total:,} BRL in {billing_s:.1f} s"
         )
 
-        step(13, "Verify every bill as the regulator: verification keys, tariff and evidence only")
+        step("Verify every bill as the regulator: verification keys, tariff and evidence only")
         began = time.perf_counter()
         signed, roots = load_signed(kvs, set(ids), period, keys, proofs=True)
         public = [context.utility_key.public_key()]
@@ -95,7 +94,6 @@ def run(
         )
 
         step(
-            14,
             f"Rank consumers by theft risk on day {days} ({len(thieves)} meters tampered "
             "with that day's readings)",
         )
@@ -133,7 +131,7 @@ def run(
             f"detection@10%FPR {m['detection_at_10pct_fpr']:.3f}"
         )
 
-    step(15, f"Write the report: {out / 'report.html'}")
+    step(f"Write the report: {out / 'report.html'}")
     suspects = [
         {
             "rank": r + 1,

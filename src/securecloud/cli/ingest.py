@@ -14,8 +14,10 @@ import typer
 from securecloud.cli.common import (
     DEFAULT_DATA_DIR,
     DataDir,
+    KvsUrl,
     LogLevel,
     console,
+    errors,
     fail,
     handle_errors,
     print_json,
@@ -252,3 +254,43 @@ def command(
     with api(data_dir, url) as client:
         doc = client.command(meter, action)
     console.print(f"{doc['command']} queued for meter {doc['meter']}")
+
+
+@app.command()
+@handle_errors
+def export(
+    start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD.")],
+    days: Annotated[int, typer.Option(help="Number of days.", min=1)] = 1,
+    out: Annotated[
+        Path | None, typer.Option(help="CSV file to write (default: standard output).")
+    ] = None,
+    kvs_url: KvsUrl = None,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Write the stored readings of the days as the head-end CSV the legacy collector reads
+    (`python -m securecloud.apps.collector`), each checked against its batch's signed root."""
+    import datetime as dt
+    import sys
+
+    from securecloud.apps.metering.export import export_csv
+    from securecloud.cli.billing import regulator_keys
+    from securecloud.cli.kvs import _client
+
+    try:
+        first = dt.date.fromisoformat(start)
+    except ValueError:
+        fail(f"start: {start!r} is not a date (YYYY-MM-DD)")
+    keys = regulator_keys(data_dir / "metering" / "regulator.json")
+
+    def progress(done: int, written: int) -> None:
+        errors.print(f"   day {done}/{days}: {written:,} readings")
+
+    with _client(data_dir, kvs_url) as kvs:
+        if out is None:
+            export_csv(kvs, first, days, keys, sys.stdout, progress)
+            return
+        partial = out.with_name(out.name + ".partial")
+        with open(partial, "w", newline="") as stream:
+            written = export_csv(kvs, first, days, keys, stream, progress)
+        partial.replace(out)  # a failed export leaves no half file under the name
+    console.print(f"{written:,} readings written to {out}")

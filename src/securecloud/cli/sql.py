@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from securecloud.cli.common import DEFAULT_DATA_DIR, DataDir, fail, handle_errors, run_attested
+from securecloud.cli.common import (
+    DEFAULT_DATA_DIR,
+    DataDir,
+    KvsUrl,
+    fail,
+    handle_errors,
+    run_attested,
+)
 
 app = typer.Typer(help="CascaDB: SQL (PostgreSQL protocol and HTTPS) over the secure KVS.")
 
@@ -23,9 +30,7 @@ def serve(
     cache_mb: Annotated[int, typer.Option(help="Decoded blocks kept in enclave memory.")] = 128,
     cas: Annotated[str, typer.Option(help="CAS URL.")] = "https://127.0.0.1:8081",
     las: Annotated[str, typer.Option(help="LAS URL of this node.")] = "http://127.0.0.1:8080",
-    kvs_url: Annotated[
-        str | None, typer.Option(help="KVS gateway URL (default: the running one).")
-    ] = None,
+    kvs_url: KvsUrl = None,
     identity: Annotated[
         Path | None,
         typer.Option(help="Policy-owner identity folder (default <data dir>/identity)."),

@@ -196,6 +196,27 @@ class Supervisor:
             timeout=60,
         )
 
+    def start_sql(
+        self,
+        port: int,
+        http_port: int,
+        cas_url: str,
+        las_url: str,
+        kvs_url: str,
+        cache_mb: int = 64,
+    ) -> Running:
+        """CascaDB (`sql serve`): PostgreSQL protocol on `port`, HTTPS on `http_port`."""
+        args = ["sql", "serve", "--data-dir", str(self.data_dir), "--port", str(port)]
+        args += ["--http-port", str(http_port), "--cas", cas_url, "--las", las_url]
+        args += ["--kvs-url", kvs_url, "--cache-mb", str(cache_mb)]
+        return self.start(
+            "sql",
+            args,
+            f"https://127.0.0.1:{http_port}",
+            ca=self.data_dir / "sql" / "ca.crt",
+            timeout=60,
+        )
+
     def start_authenticator(
         self,
         ports: IngestPorts,
