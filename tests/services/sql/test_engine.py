@@ -228,3 +228,48 @@ def test_drop_table_removes_its_rows(objects, database, loaded):
         loaded.execute("SELECT * FROM reading")
     loaded.execute(READING)
     assert rows(loaded, "SELECT count(*) FROM reading") == [(0,)]
+
+
+def test_a_range_on_the_second_key_column_skips_to_each_first_value(loaded, objects):
+    """WHERE timestamp BETWEEN ... with a key of (client_id, timestamp): each meter's run
+    only (a skip scan), the same answer as SQLite over every row, before and after a
+    checkpoint, with the transaction's own writes seen."""
+    sql = (
+        "SELECT client_id, count(*), sum(power) FROM reading "
+        "WHERE timestamp >= $1 AND timestamp < $2 GROUP BY client_id"
+    )
+    expected = [(m, 10, sum(m * 100 + t + 0.5 for t in range(40, 50))) for m in range(1, 11)]
+    loaded.rows_read = 0
+    assert rows(loaded, sql, [40, 50]) == expected
+    assert loaded.rows_read == 100  # of 960
+    loaded.database.store.checkpoint()
+    reopened = Database(Store(objects)).session()
+    assert rows(reopened, sql, [40, 50]) == expected
+    reopened.execute("BEGIN")
+    reopened.execute("DELETE FROM reading WHERE client_id = 3 AND timestamp = 41")
+    reopened.execute("INSERT INTO reading VALUES (11, 45, 1.0, 230.0, 'new')")
+    assert rows(reopened, "SELECT count(*) FROM reading WHERE timestamp = $1", [41]) == [(9,)]
+    assert rows(reopened, sql, [45, 46])[-1] == (11, 1, 1.0)
+    assert rows(reopened, "SELECT count(*) FROM reading WHERE timestamp >= 95") == [(10,)]
+
+
+def test_direct_inserts_keep_every_check_of_the_sqlite_path(loaded):
+    """A one-row INSERT of parameters skips SQLite; its errors are the same."""
+    insert = "INSERT INTO reading (client_id, timestamp, power) VALUES ($1, $2, $3)"
+    assert loaded.execute(insert, [20, 1, 2.5])[-1].tag == "INSERT 0 1"
+    assert rows(loaded, "SELECT power, note FROM reading WHERE client_id = 20") == [(2.5, None)]
+    with pytest.raises(UniqueViolation):
+        loaded.execute(insert, [20, 1, 3.0])
+    with pytest.raises(NotNullViolation):
+        loaded.execute(insert, [None, 2, 3.0])
+    with pytest.raises(TypeMismatch, match="timestamp"):
+        loaded.execute(insert, [20, "soon", 3.0])
+    with pytest.raises(SqlError) as unknown:
+        loaded.execute(
+            "INSERT INTO reading (client_id, timestamp, watts) VALUES ($1, $2, $3)", [20, 3, 1.0]
+        )
+    assert unknown.value.sqlstate == "42703"
+    with pytest.raises(SqlError) as missing:
+        loaded.execute(insert, [20, 4])  # $3 not given
+    assert missing.value.sqlstate == "42P02" and "$3" in str(missing.value)
+    assert rows(loaded, "SELECT count(*) FROM reading WHERE client_id = 20") == [(1,)]

@@ -8,6 +8,7 @@ CREATE statement (sqlglot) into a definition and name what they refuse.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -112,11 +113,13 @@ class Table:
                 return column
         raise KeyError(name)
 
+    @functools.cached_property
+    def positions(self) -> dict[str, int]:
+        """Column name -> position (tables are immutable: a change is a new Table)."""
+        return {column.name: i for i, column in enumerate(self.columns)}
+
     def position(self, name: str) -> int:
-        for i, column in enumerate(self.columns):
-            if column.name == name:
-                return i
-        raise KeyError(name)
+        return self.positions[name]
 
     @property
     def next_index_id(self) -> int:

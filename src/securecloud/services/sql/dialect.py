@@ -116,3 +116,60 @@ def to_sqlite(
         return statement.sql(dialect="sqlite")
     except Exception as exc:  # sqlglot refuses constructs it cannot express in SQLite
         raise Unsupported(f"cannot run this statement: {exc}") from None
+
+
+_INSERT_EXTRAS = (
+    "conflict", "returning", "where", "overwrite", "alternative", "ignore", "by_name",
+    "partition", "settings", "default", "hint", "using", "exists", "stored", "source",
+    "is_function",
+)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4096)
+def plain_insert(statement: exp.Expression):
+    """(table, columns or None for all, values) when `statement` is a one-row
+    `INSERT INTO t [(columns)] VALUES (...)` of parameters and constants and nothing
+    else, with unquoted names (folded to lower case); None otherwise. Values are
+    ("param", n) for $n or ("const", value). The engine inserts such rows without
+    SQLite (a collector's bulk INSERTs); anything else, errors included, goes through
+    SQLite."""
+    if not isinstance(statement, exp.Insert) or any(statement.args.get(k) for k in _INSERT_EXTRAS):
+        return None
+    rows = statement.expression
+    if not isinstance(rows, exp.Values) or len(rows.expressions) != 1:
+        return None
+    target, columns = statement.this, None
+    if isinstance(target, exp.Schema):
+        if not all(_unquoted(i) for i in target.expressions):
+            return None
+        columns = tuple(i.name.lower() for i in target.expressions)
+        target = target.this
+    if not isinstance(target, exp.Table) or target.args.get("db") or not _unquoted(target.this):
+        return None
+    values = []
+    for item in rows.expressions[0].expressions:
+        value = _constant(item)
+        if value is None:
+            return None
+        values.append(value)
+    if columns is not None and len(columns) != len(values):
+        return None
+    return target.name.lower(), columns, tuple(values)
+
+
+def _unquoted(identifier) -> bool:
+    return isinstance(identifier, exp.Identifier) and not identifier.quoted
+
+
+def _constant(item: exp.Expression) -> tuple | None:
+    if isinstance(item, exp.Placeholder):
+        name = item.name
+        return ("param", int(name[1:])) if name[:1] == "p" and name[1:].isdigit() else None
+    if isinstance(item, exp.Null):
+        return ("const", None)
+    if isinstance(item, exp.Literal):
+        if item.is_string:
+            return ("const", item.this)
+        text = item.this
+        return ("const", int(text) if text.lstrip("-").isdigit() else float(text))
+    return None

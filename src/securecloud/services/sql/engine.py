@@ -140,6 +140,7 @@ class Session:
         self._handle_ids: dict[bytes, int] = {}
         self._counter = itertools.count(1)
         self.rows_read = 0  # rows the virtual tables returned to SQLite (shows push-down)
+        self._direct = False  # inserting without SQLite (_insert_plain)
 
     # -- the statement loop -----------------------------------------------------------
     def execute(self, sql: str, params=None, dialect_name: str = "postgres") -> list[Result]:
@@ -233,10 +234,19 @@ class Session:
             raise Unsupported(f"{statement.sql()[:60]}: not supported")
         if not isinstance(statement, exp.Query | exp.Insert | exp.Update | exp.Delete | exp.Values):
             raise Unsupported(f"{type(statement).__name__.upper()} statements are not supported")
+        plain = dialect.plain_insert(statement)
+        if plain is not None and (params is None or isinstance(params, list | tuple)):
+            inserted = self._insert_plain(*plain, params or ())
+            if inserted is not None:
+                return inserted
         self._sync()
         sql = dialect.to_sqlite(statement, dialect_name, self.database.not_null)
         cursor = self.connection.cursor()
-        cursor.execute(sql, _bindings(params))
+        try:
+            cursor.execute(sql, _bindings(params))
+        except KeyError as exc:  # a :pN the parameters do not give
+            name = str(exc.args[0]) if exc.args else ""
+            raise SqlError(f"there is no parameter ${name.removeprefix('p')}", "42P02") from None
         try:
             description = cursor.getdescription()
         except apsw.ExecutionCompleteError:
@@ -381,13 +391,17 @@ class Session:
         return table
 
     def scan(self, low: bytes, high: bytes | None, reverse: bool = False):
+        return itertools.chain.from_iterable(self.scan_chunks(low, high, reverse))
+
+    def scan_chunks(self, low: bytes, high: bytes | None, reverse: bool = False):
+        """The store's entries in [low, high) as lists, this transaction's writes over them."""
         txn = self.transaction
         overlay = None
         if txn is not None and txn.writes:
             overlay = SortedDict(
                 (k, txn.writes[k]) for k in txn.writes.irange(low, high, (True, False))
             )
-        return self.database.store.scan(low, high, reverse, overlay)
+        return self.database.store.scan_chunks(low, high, reverse, overlay)
 
     def get(self, key: bytes) -> bytes | None:
         txn = self.transaction
@@ -445,6 +459,35 @@ class Session:
     def _check_unique(self, table: Table, index, unique: bytes, own: bytes) -> bool:
         return all(key == own for key, _ in self.scan(unique, prefix_end(unique)))
 
+    def _insert_plain(self, name: str, columns, values, params) -> Result | None:
+        """A one-row INSERT of parameters and constants, straight into the table (the
+        same checks as through SQLite: insert_row). None: let SQLite run it (and
+        report whatever is wrong with it)."""
+        table = self.database.tables.get(name)
+        if table is None:
+            return None
+        if columns is None:
+            columns = [c.name for c in table.columns if c.name != ROWID]
+            if len(columns) != len(values):
+                return None
+        fields: list = [None] * len(table.columns)
+        positions = table.positions
+        for column, (kind, value) in zip(columns, values, strict=True):
+            position = positions.get(column)
+            if position is None or (kind == "param" and not 0 < value <= len(params)):
+                return None
+            fields[position] = params[value - 1] if kind == "param" else value
+        self._direct = True
+        try:
+            self.insert_row(name, fields)
+        finally:
+            self._direct = False
+        return Result(tag="INSERT 0 1")
+
+    def _on_conflict(self) -> int:
+        """The statement's conflict mode: SQLite's, or ABORT for a direct insert."""
+        return apsw.SQLITE_ABORT if self._direct else self.connection.vtab_on_conflict()
+
     def insert_row(self, name: str, fields: list) -> int:
         table = self._table(name)
         row = self._coerce(table, fields)
@@ -452,7 +495,7 @@ class Session:
         txn = self.transaction
         old = self.get(key)
         if old is not None:
-            mode = self.connection.vtab_on_conflict()
+            mode = self._on_conflict()
             if mode == apsw.SQLITE_IGNORE:
                 return self.handle(key)
             if mode != apsw.SQLITE_REPLACE:
@@ -465,7 +508,7 @@ class Session:
         for index in table.indexes:
             entry, unique = self._index_key(table, index, row)
             if unique is not None and not self._check_unique(table, index, unique, entry):
-                mode = self.connection.vtab_on_conflict()
+                mode = self._on_conflict()
                 if mode == apsw.SQLITE_IGNORE:
                     return self.handle(key)
                 raise UniqueViolation(
@@ -542,6 +585,11 @@ def _from_sqlite(error: apsw.Error) -> SqlError:
             return UndefinedTable(f'relation "{named}" does not exist')
         if "no such column" in message:
             return UndefinedColumn(f'column "{named}" does not exist')
+        if " has no column named " in message:
+            table, column = message.split(" has no column named ", 1)
+            return UndefinedColumn(
+                f'column "{column.strip()}" of relation "{table.split()[-1]}" does not exist'
+            )
         if "syntax error" in message or "incomplete input" in message:
             return SyntaxProblem(message)
         return SqlError(message, "42000")

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 NULL, INT, REAL, TEXT, BLOB = 0x05, 0x10, 0x20, 0x30, 0x40
 _U64 = struct.Struct(">Q")
 _F64 = struct.Struct(">d")
-_SIGN = 1 << 63
+SIGN = 1 << 63  # integers are stored offset by this, so that byte order is numeric order
 _INVERT = bytes.maketrans(bytes(range(256)), bytes(range(255, -1, -1)))
 
 Value = int | float | str | bytes | None
@@ -60,14 +60,14 @@ def encode_value(value: Value, descending: bool = False) -> bytes:
     if value is None:
         encoded = bytes([NULL])
     elif isinstance(value, bool | int):
-        if not -_SIGN <= value < _SIGN:
+        if not -SIGN <= value < SIGN:
             raise KeyEncodingError(f"integer {value} does not fit in 64 bits")
-        encoded = bytes([INT]) + _U64.pack(value + _SIGN)
+        encoded = bytes([INT]) + _U64.pack(value + SIGN)
     elif isinstance(value, float):
         if value != value:
             raise KeyEncodingError("NaN has no place in an ordered key")
         (bits,) = _U64.unpack(_F64.pack(value + 0.0))  # + 0.0 turns -0.0 into 0.0
-        bits = bits ^ 0xFFFFFFFFFFFFFFFF if bits & _SIGN else bits | _SIGN
+        bits = bits ^ 0xFFFFFFFFFFFFFFFF if bits & SIGN else bits | SIGN
         encoded = bytes([REAL]) + _U64.pack(bits)
     elif isinstance(value, str):
         encoded = bytes([TEXT]) + _escape(value.encode())
@@ -109,8 +109,8 @@ def decode_value(data: bytes, position: int = 0, descending: bool = False) -> tu
         raw = data[body : body + 8]
         (bits,) = _U64.unpack(raw.translate(_INVERT) if descending else raw)
         if tag == INT:
-            return bits - _SIGN, body + 8
-        bits = bits ^ _SIGN if bits & _SIGN else bits ^ 0xFFFFFFFFFFFFFFFF
+            return bits - SIGN, body + 8
+        bits = bits ^ SIGN if bits & SIGN else bits ^ 0xFFFFFFFFFFFFFFFF
         return _F64.unpack(_U64.pack(bits))[0], body + 8
     if tag in (TEXT, BLOB):
         raw, end = _unescape(data, body, descending)

@@ -9,20 +9,25 @@ write), so no per-value tags are stored.
 
 from __future__ import annotations
 
+import operator
 import struct
 
 from securecloud.services.sql.catalog import PRIMARY, Table
 from securecloud.services.sql.errors import NotNullViolation, TypeMismatch
+from securecloud.services.sql.keys import SIGN as _SIGN
 from securecloud.services.sql.keys import decode_values, index_prefix
 
 _CODES = {"integer": "q", "real": "d", "text": "I", "blob": "I"}
 _ZERO = {"integer": 0, "real": 0.0, "text": 0, "blob": 0}
 
 
+_EXACT = {"integer": int, "real": float, "text": str, "blob": bytes}
+
+
 def coerce(value, affinity: str, column: str):
     """The value as its column stores it, or TypeMismatch naming the column."""
-    if value is None:
-        return None
+    if value is None or type(value) is _EXACT[affinity]:
+        return value
     try:
         if affinity == "integer":
             if isinstance(value, bool):
@@ -70,6 +75,16 @@ class RowCodec:
         self.zero = [_ZERO[a] for a in self.affinities]
         self.key_positions = [table.position(c) for c in table.primary_key]
         self.key_start = len(index_prefix(table.id, PRIMARY))
+        # The common case decoded in C: integer key columns (tag byte, then the value
+        # offset by 2**63, big-endian), no text or blob values, no NULLs in the row.
+        self.int_keys = None
+        if all(table.column(c).affinity == "integer" for c in table.primary_key):
+            self.int_keys = struct.Struct(">" + "xQ" * len(table.primary_key))
+        self.no_nulls = bytes(self.bitmap)
+        combined = self.key_positions + self.positions  # key values, then value columns
+        where = {position: i for i, position in enumerate(combined)}
+        self.reorder = operator.itemgetter(*[where[i] for i in range(len(table.columns))])
+        self.single = len(table.columns) == 1
 
     def encode(self, row: list) -> bytes:
         """`row`: every column of the table, coerced; only value columns are packed."""
@@ -119,8 +134,13 @@ class RowCodec:
                     values[j] = None
         return values
 
-    def row(self, key: bytes, value: bytes) -> list:
+    def row(self, key: bytes, value: bytes) -> tuple | list:
         """Every column of a stored row: key columns from its key, the others from its value."""
+        if self.int_keys is not None and not self.variable and not self.single:
+            unpacked = self.fixed.unpack_from(value)
+            if unpacked[0] == self.no_nulls:
+                keys = [v - _SIGN for v in self.int_keys.unpack_from(key, self.key_start)]
+                return self.reorder((*keys, *unpacked[1:]))
         row = [None] * len(self.table.columns)
         for position, v in zip(self.positions, self.decode(value), strict=True):
             row[position] = v

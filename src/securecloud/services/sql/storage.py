@@ -19,7 +19,7 @@ cache inside the trusted process; the KVS only ever sees ciphertext.
 from __future__ import annotations
 
 import bisect
-import heapq
+import itertools
 import json
 import logging
 import struct
@@ -34,6 +34,7 @@ from securecloud.services.sql.objects import ObjectStore, Op, VersionConflict
 
 BLOCK_BYTES = 128 * 1024
 BATCH_LIMIT = 1000
+CHUNK = 512  # the most memtable entries per scan chunk
 _HEADER = struct.Struct("<I")
 _TOMBSTONE = 0xFFFFFFFF
 log = logging.getLogger("securecloud.sql")
@@ -214,25 +215,6 @@ class Store:
             return block.values[i]
         return None
 
-    def _blocks_scan(self, low: bytes, high: bytes | None, reverse: bool) -> Iterator[Entry]:
-        fences = self.fences
-        first = max(0, bisect.bisect_right(fences, low) - 1)
-        last = len(fences) if high is None else bisect.bisect_left(fences, high)
-        positions = range(first, last)
-        for position in reversed(positions) if reverse else positions:
-            block = self._block(position)
-            keys = block.keys
-            start = bisect.bisect_left(keys, low)
-            end = len(keys) if high is None else bisect.bisect_left(keys, high)
-            if start >= end:
-                continue
-            values = block.values
-            if reverse:
-                for i in range(end - 1, start - 1, -1):
-                    yield keys[i], values[i]
-            else:
-                yield from zip(keys[start:end], values[start:end], strict=True)
-
     def scan(
         self,
         low: bytes,
@@ -242,21 +224,90 @@ class Store:
     ) -> Iterator[Entry]:
         """Live entries with low <= key < high in key order; `overlay` (a transaction's
         own writes: key -> value or None) wins over the store."""
-        layers = []
-        if overlay:
-            layers.append(
-                (k, overlay[k]) for k in overlay.irange(low, high, (True, False), reverse)
-            )
+        return itertools.chain.from_iterable(self.scan_chunks(low, high, reverse, overlay))
+
+    def scan_chunks(
+        self,
+        low: bytes,
+        high: bytes | None,
+        reverse: bool = False,
+        overlay: SortedDict | None = None,
+    ) -> Iterator[list[Entry]]:
+        """`scan` as lists of entries (at most a block's worth each), so that callers
+        step through a list instead of a generator chain per row. The key space is cut
+        at the block fences; each piece is the block's slice, with the memtable's and
+        the overlay's entries of that piece merged in only where there are any."""
+        fences = self.fences
+        pieces: list[tuple[bytes, bytes | None, int | None]] = []
+        if not fences or low < fences[0]:
+            top = fences[0] if fences else None
+            pieces.append((low, _lower(high, top), None))
+        if fences:
+            first = max(0, bisect.bisect_right(fences, low) - 1)
+            last = len(fences) if high is None else bisect.bisect_left(fences, high)
+            for position in range(first, last):
+                following = fences[position + 1] if position + 1 < len(fences) else None
+                pieces.append((max(low, fences[position]), _lower(high, following), position))
+        if reverse:
+            pieces.reverse()
+        for piece_low, piece_high, position in pieces:
+            if position is None:
+                yield from self._memtable_chunks(piece_low, piece_high, reverse, overlay)
+                continue
+            block = self._block(position)
+            keys = block.keys
+            start = bisect.bisect_left(keys, piece_low)
+            end = len(keys) if piece_high is None else bisect.bisect_left(keys, piece_high)
+            chunk = list(zip(keys[start:end], block.values[start:end], strict=True))
+            changes = self._changes(piece_low, piece_high, overlay)
+            if changes:
+                chunk = _overlaid(chunk, changes)
+            if reverse:
+                chunk.reverse()
+            if chunk:
+                yield chunk
+
+    def _changes(self, low: bytes, high: bytes | None, overlay) -> list[Entry]:
+        """Memtable entries, then the overlay's, with low <= key < high (later ones win)."""
         memtable = self.memtable
-        if memtable:
-            layers.append(
-                (k, memtable[k][1]) for k in memtable.irange(low, high, (True, False), reverse)
+        changes = [(k, memtable[k][1]) for k in memtable.irange(low, high, (True, False))]
+        if overlay:
+            changes += [(k, overlay[k]) for k in overlay.irange(low, high, (True, False))]
+        return changes
+
+    def _memtable_chunks(self, low: bytes, high: bytes | None, reverse: bool, overlay):
+        """Keys below the first block (all keys before the first checkpoint), in slices
+        of memtable positions (_slices) with the overlay of each slice's span merged in."""
+        memtable = self.memtable
+        start = memtable.bisect_left(low)
+        end = len(memtable) if high is None else memtable.bisect_left(high)
+        keys, values = memtable.keys(), memtable.values()
+        starts = range(start, end, CHUNK)
+        if not starts:
+            own = (
+                [(k, overlay[k]) for k in overlay.irange(low, high, (True, False))]
+                if overlay
+                else []
             )
-        base = self._blocks_scan(low, high, reverse)
-        if not layers:
-            yield from base
+            chunk = [e for e in own if e[1] is not None]
+            if reverse:
+                chunk.reverse()
+            if chunk:
+                yield chunk
             return
-        yield from _merge([*layers, base], reverse)
+        for i, j in _slices(start, end, reverse):
+            chunk = [(k, v[1]) for k, v in zip(keys[i:j], values[i:j], strict=True)]
+            if overlay:
+                span_low = low if i == start else keys[i]
+                span_high = high if j == end else keys[j]
+                own = [(k, overlay[k]) for k in overlay.irange(span_low, span_high, (True, False))]
+                chunk = _overlaid(chunk, own)
+            elif any(v is None for _, v in chunk):
+                chunk = [e for e in chunk if e[1] is not None]
+            if reverse:
+                chunk.reverse()
+            if chunk:
+                yield chunk
 
     # -- writes -----------------------------------------------------------------------
     def commit(self, writes: SortedDict, started: int) -> int:
@@ -394,25 +445,34 @@ class Store:
         }
 
 
-def _merge(layers: list[Iterator[Entry]], reverse: bool) -> Iterator[Entry]:
-    """Merge sorted layers; on equal keys the earliest layer wins; tombstones vanish."""
-    decorated = [_ranked(layer, rank) for rank, layer in enumerate(layers)]
+def _slices(start: int, end: int, reverse: bool) -> Iterator[tuple[int, int]]:
+    """[i, j) pieces of start..end from the front (or the back), 16 positions first and
+    growing to CHUNK: a LIMIT 1 query copies 16 entries, a full scan big slices."""
+    step = min(16, CHUNK)
     if reverse:
-        merged = heapq.merge(*decorated, key=lambda t: (t[0], -t[1]), reverse=True)
+        while end > start:
+            yield max(start, end - step), end
+            end, step = end - step, min(step * 4, CHUNK)
     else:
-        merged = heapq.merge(*decorated)
-    previous = None
-    for key, _, value in merged:
-        if key == previous:
-            continue
-        previous = key
-        if value is not None:
-            yield key, value
+        while start < end:
+            yield start, min(end, start + step)
+            start, step = start + step, min(step * 4, CHUNK)
 
 
-def _ranked(layer: Iterator[Entry], rank: int) -> Iterator[tuple]:
-    for key, value in layer:
-        yield key, rank, value
+def _lower(a: bytes | None, b: bytes | None) -> bytes | None:
+    """The lower of two upper bounds, None meaning unbounded."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+def _overlaid(chunk: list[Entry], changes: list[Entry]) -> list[Entry]:
+    """`chunk` with `changes` applied in order (None deletes), sorted, tombstones gone."""
+    merged = dict(chunk)
+    merged.update(changes)
+    return sorted(e for e in merged.items() if e[1] is not None)
 
 
 def _merge_block(keys: list[bytes], values: list[bytes], changes: list) -> list:

@@ -11,6 +11,7 @@ to the session (engine.Session), which enforces keys and maintains indexes.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 from typing import TYPE_CHECKING
@@ -18,7 +19,13 @@ from typing import TYPE_CHECKING
 import apsw
 
 from securecloud.services.sql.catalog import PRIMARY, ROWID, Table
-from securecloud.services.sql.keys import decode_values, encode_values, index_prefix, prefix_end
+from securecloud.services.sql.keys import (
+    decode_value,
+    decode_values,
+    encode_values,
+    index_prefix,
+    prefix_end,
+)
 from securecloud.services.sql.rows import coerce
 
 if TYPE_CHECKING:
@@ -33,6 +40,7 @@ EQ, GT, LE, LT, GE = (
 )
 RANGE = (GT, LE, LT, GE)
 FULL_SCAN_ROWS = 1_000_000
+SKIP_SEEKS = 2_000  # what a skip scan's seeks cost, in rows read
 _SQL_TYPE = {"integer": "INTEGER", "real": "REAL", "text": "TEXT", "blob": "BLOB"}
 
 
@@ -92,6 +100,13 @@ class VirtualTable:
             cost = rows * (1.0 if primary else 3.0) + (0 if primary else 10)
             if best is None or cost < best[0]:
                 best = (cost, rows, unique, plan, used, columns, descending)
+            if not used and len(columns) > 1:
+                skip = self._skip_plan(index_id, usable.get(positions[columns[1]], []))
+                if skip is not None:
+                    plan, used, rows = skip
+                    cost = rows * (1.0 if primary else 3.0) + SKIP_SEEKS
+                    if cost < best[0]:
+                        best = (cost, rows, False, plan, used, columns, descending)
         cost, rows, unique, plan, used, columns, descending = best
         argv = 1
         for c in used:
@@ -104,7 +119,9 @@ class VirtualTable:
                     plan["in"].append(c)
         plan["order"] = [c for c in used]
         plan["reverse"] = self._order(info, columns, descending, positions)
-        if plan["reverse"] is None and not plan["in"]:  # equal leading columns need no order
+        if plan.get("skip") and plan["reverse"]:
+            plan["reverse"] = None  # a skip scan reads forwards only
+        if plan["reverse"] is None and not plan["in"] and not plan.get("skip"):
             depth = len(plan["eq"])
             plan["reverse"] = self._order(info, columns[depth:], descending[depth:], positions)
         if plan["reverse"] is not None:
@@ -115,6 +132,24 @@ class VirtualTable:
         if unique:
             info.idxFlags = apsw.SQLITE_INDEX_SCAN_UNIQUE
         return True
+
+    @staticmethod
+    def _skip_plan(index_id: int, found: list[tuple[int, int]]):
+        """Skip scan: nothing constrains the index's first column but the second has an
+        equality or a range (`WHERE timestamp >= ? AND timestamp < ?` on a key of
+        (client_id, timestamp)); read each first-column value's matching run only."""
+        eq = next((c for c, op in found if op == EQ), None)
+        if eq is not None:
+            return (
+                {"index": index_id, "skip": True, "eq": [eq], "range": [], "in": []},
+                [eq],
+                (FULL_SCAN_ROWS / 100),
+            )
+        ranges = [[c, op] for c, op in found if op in RANGE][:2]
+        if not ranges:
+            return None
+        plan = {"index": index_id, "skip": True, "eq": [], "range": ranges, "in": []}
+        return plan, [c for c, _ in ranges], FULL_SCAN_ROWS / 8
 
     @staticmethod
     def _order(info, columns, descending, positions) -> bool | None:
@@ -153,12 +188,20 @@ class VirtualTable:
 
 
 class Cursor:
+    """Steps through lists of entries (scan chunks): a row is an index into a list,
+    decoded only when SQLite asks for one of its columns."""
+
     def __init__(self, vtable: VirtualTable):
         self.vtable = vtable
         self.session = vtable.session
         self.table = vtable.table
         self.codec = self.session.database.codec(self.table.name)
-        self.rows = iter(())
+        self._close()
+
+    def _close(self) -> None:
+        self.chunks = iter(())
+        self.chunk: list = []
+        self.i = 0
         self.current = None
         self.decoded = None
 
@@ -171,89 +214,171 @@ class Cursor:
         else:
             index = next(i for i in self.table.indexes if i.id == index_id)
             columns, descending = index.columns, index.descending
-        affinities = [self.table.column(c).affinity for c in columns]
-        choices = []
-        for n, c in enumerate(plan["eq"]):
-            values = by_constraint[c]
-            values = values if c in plan["in"] else [values]
-            kept = []
-            for value in values:
-                try:
-                    kept.append(coerce(value, affinities[n], columns[n]))
-                except Exception:
-                    continue  # a value of another type equals nothing in this column
-            choices.append(sorted(set(kept), key=lambda v: (v is None, v)))
-        base = index_prefix(self.table.id, index_id)
-        ranges = []
-        depth = len(plan["eq"])
-        for combination in itertools.product(*choices):
-            if any(v is None for v in combination):
-                continue  # = NULL is never true
-            prefix = base + encode_values(combination, descending[:depth])
-            low, high = prefix, prefix_end(prefix)
-            for c, op in plan["range"]:
-                try:
-                    value = coerce(by_constraint[c], affinities[depth], columns[depth])
-                except Exception:
-                    continue  # SQLite checks this constraint itself
-                if value is None:
-                    continue
-                bound = prefix + encode_values([value], [descending[depth]])
-                after = prefix_end(bound)
-                if descending[depth]:
-                    op = {GT: LT, GE: LE, LT: GT, LE: GE}[op]
-                if op == GT:
-                    low = max(low, after)
-                elif op == GE:
-                    low = max(low, bound)
-                elif op == LT:
-                    high = bound if high is None else min(high, bound)
-                elif op == LE:
-                    high = after if high is None else min(high, after)
-            ranges.append((low, high))
-        reverse = bool(plan["reverse"])
-        if reverse:
-            ranges.reverse()
-        scans = (self.session.scan(low, high, reverse) for low, high in ranges)
-        entries = itertools.chain.from_iterable(scans)
+        if plan.get("skip"):
+            chunks = self._skip_chunks(index_id, columns, descending, plan, by_constraint)
+        else:
+            ranges = _ranges(self.table, index_id, columns, descending, plan, by_constraint)
+            reverse = bool(plan["reverse"])
+            if reverse:
+                ranges.reverse()
+            chunks = itertools.chain.from_iterable(
+                self.session.scan_chunks(low, high, reverse) for low, high in ranges
+            )
         if index_id != PRIMARY:
-            entries = self._rows_of(entries, len(columns))
-        self.rows = entries
+            chunks = (self._rows_of(chunk, len(columns)) for chunk in chunks)
+        self.chunks, self.chunk, self.i = chunks, [], -1
         self.Next()
 
-    def _rows_of(self, entries, indexed: int):
+    def _skip_chunks(self, index_id: int, columns, descending, plan: dict, by_constraint):
+        """Per value of the first column, only the entries whose second column matches:
+        within a chunk by bisection, across chunks by seeking to the next wanted key."""
+        affinity = self.table.column(columns[1]).affinity
+        if plan["eq"]:
+            try:
+                value = coerce(by_constraint[plan["eq"][0]], affinity, columns[1])
+            except Exception:
+                return  # a value of another type equals nothing in this column
+            if value is None:
+                return
+            spec = [(value, GE), (value, LE)]
+        else:
+            spec = []
+            for c, op in plan["range"]:
+                try:
+                    spec.append((coerce(by_constraint[c], affinity, columns[1]), op))
+                except Exception:
+                    continue  # SQLite checks this constraint itself
+        base = index_prefix(self.table.id, index_id)
+        end, position = prefix_end(base), base
+        first = len(base)
+        while True:
+            chunk = next(iter(self.session.scan_chunks(position, end)), None)
+            if chunk is None:
+                return
+            kept, i, last = [], 0, len(chunk)
+            while i < last:
+                key = chunk[i][0]
+                _, cut = decode_value(key, first, descending[0])
+                group = key[:cut]
+                low, high = _narrow(group, spec, descending[1])
+                start = bisect.bisect_left(chunk, (low,), i)
+                stop = last if high is None else bisect.bisect_left(chunk, (high,), start)
+                kept += chunk[start:stop]
+                if stop == last and (high is None or chunk[-1][0] < high):
+                    position = max(low, chunk[-1][0] + b"\x00")  # the run goes on past the chunk
+                    break
+                following = prefix_end(group)
+                if following is None:
+                    i = last
+                    position = None
+                    break
+                i = bisect.bisect_left(chunk, (following,), stop)
+                position = following
+            if kept:
+                yield kept
+            if position is None:
+                return
+
+    def _rows_of(self, entries: list, indexed: int) -> list:
         pk_count = len(self.table.primary_key)
+        rows = []
         for key, _ in entries:
             values, _ = decode_values(key, indexed + pk_count, position=_after_ids(key))
             row_key = index_prefix(self.table.id, PRIMARY) + encode_values(values[indexed:])
             value = self.session.get(row_key)
             if value is not None:
-                yield row_key, value
+                rows.append((row_key, value))
+        return rows
 
     def Eof(self) -> bool:
         return self.current is None
 
     def Next(self) -> None:
-        self.current = next(self.rows, None)
+        self.i += 1
         self.decoded = None
-        if self.current is not None:
-            self.session.rows_read += 1
-
-    def _row(self) -> list:
-        self.decoded = self.codec.row(*self.current)
-        return self.decoded
+        if self.i >= len(self.chunk):
+            self.chunk = next(self.chunks, None)
+            while self.chunk is not None and not self.chunk:
+                self.chunk = next(self.chunks, None)
+            if self.chunk is None:
+                self.chunk, self.current = [], None
+                return
+            self.i = 0
+        self.current = self.chunk[self.i]
+        self.session.rows_read += 1
 
     def Column(self, number: int):
         if number == -1:
             return self.session.handle(self.current[0])
-        row = self.decoded or self._row()
+        row = self.decoded
+        if row is None:
+            row = self.decoded = self.codec.row(*self.current)
         return row[number]
 
     def Rowid(self) -> int:
         return self.session.handle(self.current[0])
 
     def Close(self) -> None:
-        self.rows = iter(())
+        self._close()
+
+
+def _narrow(prefix: bytes, spec, descending: bool) -> tuple[bytes, bytes | None]:
+    """[low, high) of the keys under `prefix` whose next value meets `spec`, a list of
+    (value, operator) ranges; NULL bounds match nothing, as in SQL."""
+    low, high = prefix, prefix_end(prefix)
+    for value, op in spec:
+        if value is None:
+            return prefix, prefix
+        bound = prefix + encode_values([value], [descending])
+        after = prefix_end(bound)
+        if descending:
+            op = {GT: LT, GE: LE, LT: GT, LE: GE}[op]
+        if op == GT:
+            low = max(low, after)
+        elif op == GE:
+            low = max(low, bound)
+        elif op == LT:
+            high = bound if high is None else min(high, bound)
+        elif op == LE:
+            high = after if high is None else min(high, after)
+    return low, high
+
+
+def _ranges(table: Table, index_id: int, columns, descending, plan: dict, by_constraint) -> list:
+    """The key ranges [low, high) of a plan: one per combination of the equality (and IN)
+    values, narrowed by the range constraints on the next column."""
+    affinities = [table.column(c).affinity for c in columns]
+    choices = []
+    for n, c in enumerate(plan["eq"]):
+        values = by_constraint[c]
+        values = values if c in plan["in"] else [values]
+        kept = []
+        for value in values:
+            try:
+                kept.append(coerce(value, affinities[n], columns[n]))
+            except Exception:
+                continue  # a value of another type equals nothing in this column
+        choices.append(sorted(set(kept), key=lambda v: (v is None, v)))
+    base = index_prefix(table.id, index_id)
+    ranges = []
+    depth = len(plan["eq"])
+    for combination in itertools.product(*choices):
+        if any(v is None for v in combination):
+            continue  # = NULL is never true
+        prefix = base + encode_values(combination, descending[:depth])
+        spec = []
+        for c, op in plan["range"]:
+            try:
+                spec.append((coerce(by_constraint[c], affinities[depth], columns[depth]), op))
+            except Exception:
+                continue  # SQLite checks this constraint itself
+        low, high = _narrow(
+            prefix,
+            [(v, op) for v, op in spec if v is not None],
+            (descending[depth] if depth < len(descending) else False),
+        )
+        ranges.append((low, high))
+    return ranges
 
 
 def _after_ids(key: bytes) -> int:
