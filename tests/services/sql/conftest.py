@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
-
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -53,26 +50,12 @@ def pg_server(tls_files):
     directory, tls = tls_files
     database = Database(Store(MemoryObjects()))
     port = free_port()
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-
-    stop = asyncio.Event()
-
-    async def main():
-        server = await PgServer(database, server_ssl_context(tls), Authenticator(TOKEN)).start(
-            "127.0.0.1", port
-        )
-        ready.set()
-        await stop.wait()
-        server.close()
-
-    thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
-    thread.start()
-    ready.wait(10)
+    server = PgServer(database, server_ssl_context(tls), Authenticator(TOKEN)).start(
+        "127.0.0.1", port
+    )
     conninfo = (
         f"host=127.0.0.1 port={port} user=meter dbname=cascadb password={TOKEN} "
         f"sslmode=verify-full sslrootcert={directory / 'ca.crt'}"
     )
     yield {"conninfo": conninfo, "database": database, "port": port, "ca": directory / "ca.crt"}
-    loop.call_soon_threadsafe(stop.set)
-    thread.join(10)
+    server.close()

@@ -17,14 +17,17 @@ access to crates, so this module speaks the protocol itself (docs/sql.md).
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import datetime as dt
+import functools
 import hmac
 import logging
 import os
 import re
+import socket
 import ssl
 import struct
+import threading
 from dataclasses import dataclass, field
 
 from securecloud.services.sql import introspection
@@ -41,16 +44,36 @@ TIMESTAMP, TIMESTAMPTZ, DATE = 1114, 1184, 1082
 _EPOCH_2000 = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 _TYPE_SIZE = {INT8: 8, FLOAT8: 8, BOOL: 1, TEXT: -1, BYTEA: -1}
 MAX_MESSAGE = 64 * 1024 * 1024
+READ_BYTES = 64 * 1024
+_U32 = struct.Struct("!I")
 
 
 class ProtocolViolation(Exception):
     pass
 
 
+_I32 = struct.Struct("!i")
+
+
 @dataclass
 class Prepared:
     sql: str
     types: list[int]
+    _decoders: dict = field(default_factory=dict)
+
+    def decoders(self, formats: tuple[int, ...], count: int) -> list:
+        """One function per parameter turning its bytes into a value, for these
+        parameter formats (kept: a bulk INSERT binds the same statement many times)."""
+        found = self._decoders.get((formats, count))
+        if found is None:
+            found = []
+            for i in range(count):
+                binary = (formats[i] if len(formats) > 1 else (formats[0] if formats else 0)) == 1
+                oid = self.types[i] if i < len(self.types) else 0
+                fast = (_BINARY_NUMBERS if binary else _TEXT_NUMBERS).get(oid)
+                found.append(fast or functools.partial(decode_param, oid=oid, binary=binary))
+            self._decoders[(formats, count)] = found
+        return found
 
 
 @dataclass
@@ -159,6 +182,22 @@ def data_rows(rows: list[tuple], formats: list[int]) -> bytes:
     return b"".join(out)
 
 
+def _unpacker(code: str):
+    unpack = struct.Struct(code).unpack
+    return lambda raw: unpack(raw)[0]
+
+
+# The parameter types of bulk INSERTs, decoded without the general path's tests.
+_BINARY_NUMBERS = {
+    INT2: _unpacker("!h"),
+    INT4: _unpacker("!i"),
+    INT8: _unpacker("!q"),
+    FLOAT4: _unpacker("!f"),
+    FLOAT8: _unpacker("!d"),
+}
+_TEXT_NUMBERS = {INT2: int, INT4: int, INT8: int, FLOAT4: float, FLOAT8: float, NUMERIC: float}
+
+
 def decode_param(raw: bytes | None, oid: int, binary: bool):
     if raw is None:
         return None
@@ -203,30 +242,28 @@ def decode_param(raw: bytes | None, oid: int, binary: bool):
 class Connection:
     """One client: startup, authentication, then the query loop."""
 
-    def __init__(self, server: PgServer, reader, writer):
-        self.server, self.reader, self.writer = server, reader, writer
+    def __init__(self, server: PgServer, stream: Stream):
+        self.server, self.stream = server, stream
         self.session: Session | None = None
         self.prepared: dict[str, Prepared] = {}
         self.portals: dict[str, Portal] = {}
         self.skip_to_sync = False
 
-    async def read_startup(self) -> dict[str, str]:
+    def read_startup(self) -> dict[str, str]:
         tls = False
         while True:
-            (length,) = struct.unpack("!I", await self.reader.readexactly(4))
+            (length,) = struct.unpack("!I", self.stream.readexactly(4))
             if not 8 <= length <= 10000:
                 raise ProtocolViolation("bad startup length")
-            body = await self.reader.readexactly(length - 4)
+            body = self.stream.readexactly(length - 4)
             (code,) = struct.unpack("!I", body[:4])
             if code == SSL_REQUEST and not tls:
-                self.writer.write(b"S")
-                await self.writer.drain()
-                await self.writer.start_tls(self.server.tls)
+                self.stream.write(b"S")
+                self.stream.start_tls(self.server.tls)
                 tls = True
                 continue
             if code == GSS_REQUEST:
-                self.writer.write(b"N")
-                await self.writer.drain()
+                self.stream.write(b"N")
                 continue
             if code == CANCEL_REQUEST:
                 raise ProtocolViolation("cancel requests are not supported")
@@ -235,33 +272,30 @@ class Connection:
             items = body[4:].split(b"\x00")
             params = {items[i].decode(): items[i + 1].decode() for i in range(0, len(items) - 2, 2)}
             if not tls:
-                self.writer.write(
+                self.stream.write(
                     error_response(SqlError("TLS is required (sslmode=require)", "28000"))
                 )
-                await self.writer.drain()
                 raise ProtocolViolation("plaintext startup")
             return params
 
     def _client_certified(self) -> bool:
-        ssl_object = self.writer.get_extra_info("ssl_object")
-        return bool(ssl_object and ssl_object.getpeercert())
+        return self.stream.peer_certified()
 
-    async def authenticate(self) -> bool:
+    def authenticate(self) -> bool:
         if self._client_certified():
             return True
-        self.writer.write(_message(b"R", struct.pack("!I", 3)))  # cleartext password, inside TLS
-        await self.writer.drain()
-        kind = await self.reader.readexactly(1)
-        (length,) = struct.unpack("!I", await self.reader.readexactly(4))
+        self.stream.write(_message(b"R", struct.pack("!I", 3)))  # cleartext password, inside TLS
+        kind = self.stream.readexactly(1)
+        (length,) = struct.unpack("!I", self.stream.readexactly(4))
         if kind != b"p" or not 5 <= length <= 4096:
             return False
-        password = (await self.reader.readexactly(length - 4)).rstrip(b"\x00").decode()
+        password = (self.stream.readexactly(length - 4)).rstrip(b"\x00").decode()
         return self.server.auth.password_ok(password)
 
-    async def serve(self) -> None:
-        params = await self.read_startup()
-        if not await self.authenticate():
-            self.writer.write(
+    def serve(self) -> None:
+        params = self.read_startup()
+        if not self.authenticate():
+            self.stream.write(
                 error_response(
                     SqlError(
                         f'password authentication failed for user "{params.get("user", "")}"',
@@ -269,7 +303,6 @@ class Connection:
                     )
                 )
             )
-            await self.writer.drain()
             return
         self.session = self.server.database.session()
         self.server.sessions += 1
@@ -290,10 +323,9 @@ class Connection:
             out.append(_message(b"S", _cstr(name) + _cstr(value)))
         out.append(_message(b"K", struct.pack("!II", os.getpid() & 0x7FFFFFFF, 0)))
         out.append(self._ready())
-        self.writer.write(b"".join(out))
-        await self.writer.drain()
+        self.stream.write(b"".join(out))
         try:
-            await self.loop()
+            self.loop()
         finally:
             self.session.close()
             self.server.sessions -= 1
@@ -303,29 +335,24 @@ class Connection:
         state = b"I" if txn is None else (b"E" if txn.failed else b"T")
         return _message(b"Z", state)
 
-    async def loop(self) -> None:
-        """Messages up to a Sync, Flush or Query are handled together in one worker
-        thread (a pipelined executemany is one hop, not one per message)."""
+    def loop(self) -> None:
+        """Messages up to a Sync, Flush or Query are handled together and answered in one
+        write; they are cut out of whatever the socket delivered."""
         pending: list[tuple[bytes, bytes]] = []
+        buffer = bytearray()
         while True:
-            header = await self.reader.readexactly(5)
-            kind = header[:1]
-            (length,) = struct.unpack("!I", header[1:])
-            if not 4 <= length <= MAX_MESSAGE:
-                raise ProtocolViolation(f"message length {length}")
-            body = await self.reader.readexactly(length - 4)
-            if kind == b"X":
-                return
-            pending.append((kind, body))
-            if kind not in (b"S", b"H", b"Q") and len(pending) < 10000:
+            complete = _cut_messages(buffer, pending)
+            if complete is None:
+                return  # Terminate
+            if not complete:
+                buffer += self.stream.read(READ_BYTES)
                 continue
             batch, pending = pending, []
-            reply = await asyncio.to_thread(lambda b=batch: b"".join(self.handle(*m) for m in b))
+            reply = b"".join(self.handle(*m) for m in batch)
             if reply:
-                self.writer.write(reply)
-                await self.writer.drain()
+                self.stream.write(reply)
 
-    # -- messages (run in a worker thread: the engine blocks) --------------------------
+    # -- messages ---------------------------------------------------------------------
     def handle(self, kind: bytes, body: bytes) -> bytes:
         if kind == b"Q":
             return self.simple_query(body.rstrip(b"\x00").decode())
@@ -413,18 +440,19 @@ class Connection:
         position = 2 + 2 * count
         (nparams,) = struct.unpack_from("!H", rest, position)
         position += 2
+        decoders = prepared.decoders(tuple(formats), nparams)
         params = []
         for i in range(nparams):
-            (length,) = struct.unpack_from("!i", rest, position)
+            (length,) = _I32.unpack_from(rest, position)
             position += 4
-            raw = None if length < 0 else rest[position : position + length]
-            position += max(length, 0)
-            binary = (formats[i] if len(formats) > 1 else (formats[0] if formats else 0)) == 1
-            oid = prepared.types[i] if i < len(prepared.types) else 0
+            if length < 0:
+                params.append(None)
+                continue
             try:
-                params.append(decode_param(raw, oid, binary))
+                params.append(decoders[i](rest[position : position + length]))
             except (ValueError, struct.error) as exc:
                 raise SqlError(f"parameter ${i + 1}: {exc}", "22P02") from None
+            position += length
         (nresults,) = struct.unpack_from("!H", rest, position)
         result_formats = list(struct.unpack_from(f"!{nresults}H", rest, position + 2))
         self.portals[portal.decode()] = Portal(prepared, params, result_formats)
@@ -469,6 +497,31 @@ class Connection:
         return self._result(result, portal.result_formats, describe=False)
 
 
+def _cut_messages(buffer: bytearray, pending: list) -> bool | None:
+    """Move the complete messages at the head of `buffer` to `pending` up to the first
+    that ends a batch (Sync, Flush, Query; or 10,000 messages): True if one did, False
+    if more bytes are needed, None on Terminate."""
+    position, size = 0, len(buffer)
+    try:
+        while size - position >= 5:
+            kind = bytes(buffer[position : position + 1])
+            (length,) = _U32.unpack_from(buffer, position + 1)
+            if not 4 <= length <= MAX_MESSAGE:
+                raise ProtocolViolation(f"message length {length}")
+            end = position + 1 + length
+            if end > size:
+                return False
+            if kind == b"X":
+                return None
+            pending.append((kind, bytes(buffer[position + 5 : end])))
+            position = end
+            if kind in (b"S", b"H", b"Q") or len(pending) >= 10000:
+                return True
+        return False
+    finally:
+        del buffer[:position]
+
+
 def _parameter_count(sql: str) -> int:
     found = [int(n) for n in re.findall(r"\$(\d+)", sql)]
     return max(found, default=0)
@@ -476,27 +529,108 @@ def _parameter_count(sql: str) -> int:
 
 @dataclass
 class PgServer:
+    """Accepts connections and serves each on a thread of its own (the engine blocks;
+    statements are serialised by the database's lock, so threads only let clients wait
+    on their sockets independently), up to `max_connections`."""
+
     database: Database
     tls: ssl.SSLContext
     auth: Authenticator
+    max_connections: int = 100
     sessions: int = 0
-    connections: set = field(default_factory=set)
+    connections: dict = field(default_factory=dict)  # socket -> thread
+    listener: socket.socket | None = None
+    acceptor: threading.Thread | None = None
 
-    async def handle(self, reader, writer) -> None:
-        task = asyncio.current_task()
-        self.connections.add(task)
+    def start(self, host: str, port: int) -> PgServer:
+        self.listener = socket.create_server((host, port), reuse_port=False, backlog=128)
+        self.acceptor = threading.Thread(target=self._accept, name="pg-accept", daemon=True)
+        self.acceptor.start()
+        return self
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if len(self.connections) >= self.max_connections:
+                _refuse(sock, SqlError("sorry, too many clients already", "53300"))
+                continue
+            thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
+            self.connections[sock] = thread
+            thread.start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        stream = Stream(sock)
         try:
-            await Connection(self, reader, writer).serve()
-        except (
-            asyncio.IncompleteReadError,
-            ConnectionError,
-            ProtocolViolation,
-            ssl.SSLError,
-        ) as exc:
+            Connection(self, stream).serve()
+        except (IncompleteRead, ConnectionError, ProtocolViolation, ssl.SSLError, OSError) as exc:
             log.debug("connection closed: %s", exc)
         finally:
-            self.connections.discard(task)
-            writer.close()
+            self.connections.pop(sock, None)
+            stream.close()
 
-    async def start(self, host: str, port: int) -> asyncio.Server:
-        return await asyncio.start_server(self.handle, host, port)
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop accepting; cut idle clients; let running statements finish (their
+        commits are in the KVS log before they are acknowledged)."""
+        if self.listener is not None:
+            self.listener.close()
+        for sock, thread in list(self.connections.items()):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            thread.join(timeout)
+
+
+class IncompleteRead(Exception):
+    """The client went away in the middle of a message."""
+
+
+class Stream:
+    """Blocking reads and writes on one client socket: plaintext, then TLS."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock, self.raw = sock, sock
+        self.buffer = bytearray()
+
+    def readexactly(self, count: int) -> bytes:
+        while len(self.buffer) < count:
+            self.buffer += self._recv(max(count - len(self.buffer), 4096))
+        data = bytes(self.buffer[:count])
+        del self.buffer[:count]
+        return data
+
+    def read(self, limit: int) -> bytes:
+        if self.buffer:
+            data = bytes(self.buffer)
+            self.buffer.clear()
+            return data
+        return self._recv(limit)
+
+    def _recv(self, limit: int) -> bytes:
+        data = self.sock.recv(limit)
+        if not data:
+            raise IncompleteRead("the client closed the connection")
+        return data
+
+    def write(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def start_tls(self, context: ssl.SSLContext) -> None:
+        if self.buffer:
+            raise ProtocolViolation("data sent before the TLS handshake")
+        self.sock = context.wrap_socket(self.raw, server_side=True)
+
+    def peer_certified(self) -> bool:
+        return isinstance(self.sock, ssl.SSLSocket) and bool(self.sock.getpeercert())
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def _refuse(sock: socket.socket, error: SqlError) -> None:
+    with contextlib.suppress(OSError):
+        sock.sendall(error_response(error))
+        sock.close()

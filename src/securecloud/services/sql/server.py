@@ -2,8 +2,9 @@
 
 CAS gives it, after attestation: its TLS certificate and key (tls/), the
 access token (token), the KVS tenant key and gateway (kvs.json), and its
-arguments. It serves the PostgreSQL protocol and HTTPS /v1/query on one event
-loop; SIGTERM stops accepting, lets running statements finish and exits.
+arguments. It serves the PostgreSQL protocol (a thread per client) and HTTPS
+/v1/query (an event loop); SIGTERM stops accepting, lets running statements
+finish and exits.
 Acknowledged commits are already in the KVS log, so nothing is lost.
 """
 
@@ -43,8 +44,7 @@ def parser() -> argparse.ArgumentParser:
 
 async def run(database: Database, tls: TlsFiles, token: str, args) -> None:
     context = server_ssl_context(tls)
-    pg = PgServer(database, context, Authenticator(token))
-    server = await pg.start(args.host, args.port)
+    pg = PgServer(database, context, Authenticator(token)).start(args.host, args.port)
     http = EmbeddedServer(create_app(database, token), args.host, args.http_port)
     http.config.load()
     http.config.ssl = context
@@ -61,9 +61,8 @@ async def run(database: Database, tls: TlsFiles, token: str, args) -> None:
     )
     print(f"LISTENING pg={args.port} https={args.http_port}", flush=True)
     await stop.wait()
-    server.close()
     http.should_exit = True
-    await server.wait_closed()
+    await asyncio.to_thread(pg.close)
     await http_task
 
 
