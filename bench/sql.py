@@ -1,12 +1,13 @@
 """CascaDB against the PostgreSQL server of this machine: the same data, client and batches.
 
 Loads metering readings (METERS meters × DAYS days of 15-minute readings, the
-phasor fields as columns, keyed by (client_id, timestamp)) through psycopg
-`executemany` in batches of BATCH rows per transaction, time-major as a
-collector sends them, into CascaDB (PostgreSQL protocol over TLS, storage in a
-real KVS gateway with 9 nodes: encrypted, erasure-coded ec:6+3) and into
-PostgreSQL (database `test`, table dropped first). Then query shapes in the
-style of TSBS cpu-only, each run REPEAT times on both:
+phasor fields as columns, keyed by (client_id, timestamp): the collector's
+table) with the collector's own code (psycopg `executemany`, BATCH rows per
+transaction), time-major as a collector receives them, into CascaDB as
+`securecloud sql serve` runs it (attested, its own process, PostgreSQL protocol
+over TLS, storage in a real KVS gateway with 9 nodes: encrypted,
+erasure-coded ec:6+3) and into PostgreSQL (database `test`, table
+dropped first). Then query shapes in the style of TSBS cpu-only, each run REPEAT times on both:
 
     lastpoint     the last reading of one meter (ORDER BY timestamp DESC LIMIT 1)
     range_agg     one meter's energy and mean power over one day
@@ -22,12 +23,9 @@ Figures are ratios to PostgreSQL in the same run (docs/performance.md).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import random
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -37,32 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import summary_ms, write_results
-from securecloud.infra.cas.ca import cert_pem, issue, make_ca
+from securecloud.apps import collector
 from securecloud.infra.supervisor import Supervisor, free_port
-from securecloud.infra.web import TlsFiles, server_ssl_context
-from securecloud.services.kvs.client import KvsClient
-from securecloud.services.sql.engine import Database
-from securecloud.services.sql.objects import KvsObjects
-from securecloud.services.sql.pgwire import Authenticator, PgServer
-from securecloud.services.sql.storage import Store
 
 TOKEN = "bench-token"
 PG = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 INTERVAL = 900
 START = 1_767_225_600  # 2026-01-01 00:00 UTC
-SCHEMA = (
-    "CREATE TABLE reading (client_id INTEGER NOT NULL, timestamp BIGINT NOT NULL, "
-    "voltage_a DOUBLE PRECISION, voltage_b DOUBLE PRECISION, voltage_c DOUBLE PRECISION, "
-    "current_a DOUBLE PRECISION, current_b DOUBLE PRECISION, current_c DOUBLE PRECISION, "
-    "power DOUBLE PRECISION, reactive DOUBLE PRECISION, power_factor DOUBLE PRECISION, "
-    "frequency DOUBLE PRECISION, energy DOUBLE PRECISION, "
-    "PRIMARY KEY (client_id, timestamp))"
-)
-INSERT = (
-    "INSERT INTO reading (client_id, timestamp, voltage_a, voltage_b, voltage_c, current_a, "
-    "current_b, current_c, power, reactive, power_factor, frequency, energy) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-)
 
 
 def readings(meters: int, days: int):
@@ -72,11 +51,24 @@ def readings(meters: int, days: int):
     for step in range(days * 96):
         ts = START + step * INTERVAL
         for meter in range(meters):
-            power = max(0.05, rng.gauss(0.6, 0.3))
-            energy[meter] += power / 4
+            power = max(50.0, rng.gauss(600.0, 300.0))  # W
+            energy[meter] += power / 4  # Wh
             v = [230 + rng.uniform(-3, 3) for _ in range(3)]
-            i = [power * 1000 / 3 / x for x in v]
-            yield (meter, ts, *v, *i, power, power * 0.2, 0.97, 60.0, round(energy[meter], 3))
+            i = [power / 3 / x for x in v]
+            angles = [rng.uniform(10, 20) for _ in range(3)]
+            yield (
+                meter,
+                ts,
+                *v,
+                *i,
+                *angles,
+                power,
+                power * 0.2,
+                0.97,
+                60.0,
+                power,
+                int(energy[meter]),
+            )
 
 
 QUERIES = {
@@ -95,7 +87,7 @@ QUERIES = {
         lambda r, m, d: _day(r, d),
     ),
     "top": (
-        "SELECT client_id, sum(power) / 4 AS kwh FROM reading WHERE timestamp >= %s "
+        "SELECT client_id, sum(power) / 4000 AS kwh FROM reading WHERE timestamp >= %s "
         "AND timestamp < %s GROUP BY client_id ORDER BY kwh DESC LIMIT 10",
         lambda r, m, d: _day(r, d),
     ),
@@ -112,24 +104,16 @@ def _meter_day(rng, meters, days):
 
 
 def load(conninfo: str, meters: int, days: int, batch: int) -> float:
+    """The collector's own code path (`collector.store_rows`) into a fresh table."""
     with psycopg.connect(conninfo, autocommit=True) as connection:
         connection.execute("DROP TABLE IF EXISTS reading")
-        connection.execute(SCHEMA)
     total, started = meters * days * 96, time.perf_counter()
-    with psycopg.connect(conninfo) as connection, connection.cursor() as cursor:
-        rows, done = [], 0
-        for row in readings(meters, days):
-            rows.append(row)
-            if len(rows) == batch:
-                cursor.executemany(INSERT, rows)
-                connection.commit()
-                done += len(rows)
-                rows = []
-                if done % (batch * 50) == 0:
-                    print(f"  {done:,}/{total:,} rows", file=sys.stderr)
-        if rows:
-            cursor.executemany(INSERT, rows)
-            connection.commit()
+
+    def progress(done: int) -> None:
+        if done % (batch * 50) == 0:
+            print(f"  {done:,}/{total:,} rows", file=sys.stderr)
+
+    collector.store_rows(conninfo, readings(meters, days), batch, progress)
     return total / (time.perf_counter() - started)
 
 
@@ -148,38 +132,20 @@ def run_queries(conninfo: str, meters: int, days: int, repeat: int) -> dict:
     return timings
 
 
-def start_cascadb(data_dir: Path, kvs_url: str, cache_mb: int):
-    """The engine on the real KVS, behind the PostgreSQL protocol, in this process."""
-    creds = json.loads((data_dir / "kvs" / "credentials.json").read_text())
-    client = KvsClient(kvs_url, data_dir / "kvs" / "ca.crt", creds["id"], creds["secret"])
-    client.create_bucket("sql")
-    database = Database(Store(KvsObjects(client, "sql"), cache_bytes=cache_mb * 1024 * 1024))
-    ca_key, ca_cert = make_ca("bench CA")
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = issue(ca_key, ca_cert, key.public_key(), common_name="localhost", san=("127.0.0.1",))
-    (data_dir / "sql-ca.crt").write_bytes(cert_pem(ca_cert))
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    context = server_ssl_context(TlsFiles(cert_pem(cert), key_pem))
+def start_cascadb(supervisor: Supervisor, urls: dict, cache_mb: int):
+    """`securecloud sql serve` as operators run it: attested, its own process, keys and
+    token from CAS, storage in the KVS."""
     port = free_port()
-    ready = threading.Event()
-
-    async def main():
-        await PgServer(database, context, Authenticator(TOKEN)).start("127.0.0.1", port)
-        ready.set()
-        await asyncio.Event().wait()
-
-    threading.Thread(target=lambda: asyncio.run(main()), daemon=True).start()
-    ready.wait(10)
-    conninfo = (
-        f"host=127.0.0.1 port={port} user=bench dbname=cascadb password={TOKEN} "
-        f"sslmode=verify-full sslrootcert={data_dir / 'sql-ca.crt'}"
+    service = supervisor.start_sql(
+        port, free_port(), urls["cas"], urls["las"], urls["kvs"], cache_mb=cache_mb
     )
-    return conninfo, database
+    directory = supervisor.data_dir / "sql"
+    conninfo = (
+        f"host=127.0.0.1 port={port} user=bench dbname=cascadb "
+        f"password={(directory / 'token').read_text().strip()} "
+        f"sslmode=verify-full sslrootcert={directory / 'ca.crt'}"
+    )
+    return conninfo, service
 
 
 def main() -> None:
@@ -200,14 +166,15 @@ def main() -> None:
         try:
             las, cas = supervisor.up(free_port(), free_port())
             kvs = supervisor.start_kvs(free_port(), cas.url, las.url)
-            conninfo, database = start_cascadb(data_dir, kvs.url, args.cache_mb)
+            urls = {"las": las.url, "cas": cas.url, "kvs": kvs.url}
+            conninfo, service = start_cascadb(supervisor, urls, args.cache_mb)
             print(f"loading {args.meters} meters × {args.days} days into CascaDB", file=sys.stderr)
             cascadb_rate = load(conninfo, args.meters, args.days, args.batch)
             print("loading the same into PostgreSQL", file=sys.stderr)
             pg_rate = load(PG, args.meters, args.days, args.batch)
             cascadb = run_queries(conninfo, args.meters, args.days, args.repeat)
             pg = run_queries(PG, args.meters, args.days, args.repeat)
-            stats = database.store.stats()
+            stats = supervisor.health(service)
         finally:
             supervisor.stop_all()
     results = {
