@@ -34,6 +34,7 @@ from securecloud.services.sql.objects import ObjectStore, Op, VersionConflict
 
 BLOCK_BYTES = 128 * 1024
 BATCH_LIMIT = 1000
+BATCH_BYTES = 8 * 1024 * 1024  # per KVS batch of new blocks: well inside its timeout
 CHUNK = 512  # the most memtable entries per scan chunk
 _HEADER = struct.Struct("<I")
 _TOMBSTONE = 0xFFFFFFFF
@@ -149,7 +150,7 @@ class Store:
         self._checkpointed_seqs: dict[bytes, int] = {}
         self._checkpoint_floor = 0
         self._previous_floor = 0
-        self.commits = self.conflicts = self.checkpoints = 0
+        self.commits = self.conflicts = self.checkpoints = self.checkpoint_failures = 0
         self._load()
 
     # -- start ------------------------------------------------------------------------
@@ -329,7 +330,11 @@ class Store:
             self._apply(seq, writes.items())
             self.commits += 1
             if len(self.memtable) >= self.checkpoint_entries:
-                self.checkpoint()
+                try:
+                    self.checkpoint()
+                except Exception as exc:  # the commit is durable: say so, checkpoint later
+                    self.checkpoint_failures += 1
+                    log.warning("checkpoint failed, will retry at the next commit: %s", exc)
             return seq
 
     def _check_conflicts(self, writes: SortedDict, started: int) -> None:
@@ -394,8 +399,8 @@ class Store:
                     "blocks": [[f.hex(), n] for f, n in zip(new_fences, new_names, strict=True)],
                 }
             ).encode()
-            for start in range(0, len(puts), BATCH_LIMIT):
-                self.objects.batch(puts[start : start + BATCH_LIMIT])
+            for group in _by_size(puts):  # new blocks: unreferenced until the manifest moves
+                self.objects.batch(group)
             try:
                 self.objects.batch(
                     [Op("manifest", manifest, if_match=self.manifest_version)]
@@ -442,7 +447,22 @@ class Store:
             "commits": self.commits,
             "conflicts": self.conflicts,
             "checkpoints": self.checkpoints,
+            "checkpoint_failures": self.checkpoint_failures,
         }
+
+
+def _by_size(ops: list[Op], limit: int = BATCH_BYTES) -> Iterator[list[Op]]:
+    """KVS batches of at most BATCH_LIMIT operations and about `limit` bytes each."""
+    group: list[Op] = []
+    size = 0
+    for op in ops:
+        if group and (len(group) == BATCH_LIMIT or size + len(op.data or b"") > limit):
+            yield group
+            group, size = [], 0
+        group.append(op)
+        size += len(op.data or b"")
+    if group:
+        yield group
 
 
 def _slices(start: int, end: int, reverse: bool) -> Iterator[tuple[int, int]]:
