@@ -82,3 +82,42 @@ def test_psql_lists_and_describes_tables(pg_server):
     assert '"described_pkey" PRIMARY KEY, cascadb (id)' in result.stdout
     assert '"described_serial_key" UNIQUE, cascadb (serial)' in result.stdout
     assert "42" in result.stdout
+
+
+def test_silent_sockets_are_dropped_and_clients_beyond_the_limit_refused(tls_files):
+    import socket
+    import time
+
+    from securecloud.infra.supervisor import free_port
+    from securecloud.infra.web import server_ssl_context
+    from securecloud.services.sql.engine import Database
+    from securecloud.services.sql.pgwire import Authenticator, PgServer
+    from securecloud.services.sql.storage import Store
+    from tests.services.sql.conftest import TOKEN
+    from tests.services.sql.memory import MemoryObjects
+
+    directory, tls = tls_files
+    port = free_port()
+    server = PgServer(
+        Database(Store(MemoryObjects())),
+        server_ssl_context(tls),
+        Authenticator(TOKEN),
+        max_connections=1,
+        startup_seconds=0.5,
+    ).start("127.0.0.1", port)
+    try:
+        silent = socket.create_connection(("127.0.0.1", port))
+        time.sleep(0.1)
+        conninfo = (
+            f"host=127.0.0.1 port={port} user=u dbname=d password={TOKEN} "
+            f"sslmode=verify-full sslrootcert={directory / 'ca.crt'} connect_timeout=5"
+        )
+        with pytest.raises(psycopg.OperationalError, match="too many clients"):
+            psycopg.connect(conninfo).close()
+        silent.settimeout(5)
+        assert silent.recv(100) == b""  # closed by the server after its startup deadline
+        time.sleep(0.1)
+        with psycopg.connect(conninfo) as connection:  # the slot is free again
+            assert connection.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        server.close()

@@ -304,6 +304,7 @@ class Connection:
                 )
             )
             return
+        self.stream.sock.settimeout(None)
         self.session = self.server.database.session()
         self.server.sessions += 1
         out = [_message(b"R", struct.pack("!I", 0))]
@@ -537,6 +538,7 @@ class PgServer:
     tls: ssl.SSLContext
     auth: Authenticator
     max_connections: int = 100
+    startup_seconds: float = 30.0  # for TLS and authentication: idle sockets cannot hold threads
     sessions: int = 0
     connections: dict = field(default_factory=dict)  # socket -> thread
     listener: socket.socket | None = None
@@ -555,16 +557,20 @@ class PgServer:
             except OSError:
                 return  # closed
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if len(self.connections) >= self.max_connections:
-                _refuse(sock, SqlError("sorry, too many clients already", "53300"))
-                continue
-            thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
+            full = len(self.connections) >= self.max_connections
+            # over the limit: TLS, then the refusal (what libpq shows), within the deadline
+            thread = threading.Thread(target=self._serve, args=(sock, full), daemon=True)
             self.connections[sock] = thread
             thread.start()
 
-    def _serve(self, sock: socket.socket) -> None:
+    def _serve(self, sock: socket.socket, refuse: bool = False) -> None:
+        sock.settimeout(self.startup_seconds)  # a session has no deadline, its startup has
         stream = Stream(sock)
         try:
+            if refuse:
+                Connection(self, stream).read_startup()
+                stream.write(error_response(SqlError("sorry, too many clients already", "53300")))
+                return
             Connection(self, stream).serve()
         except (IncompleteRead, ConnectionError, ProtocolViolation, ssl.SSLError, OSError) as exc:
             log.debug("connection closed: %s", exc)
@@ -628,9 +634,3 @@ class Stream:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
-
-
-def _refuse(sock: socket.socket, error: SqlError) -> None:
-    with contextlib.suppress(OSError):
-        sock.sendall(error_response(error))
-        sock.close()
