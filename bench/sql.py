@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import summary_ms, write_results
 from securecloud.apps import collector
 from securecloud.infra.supervisor import Supervisor, free_port
+from securecloud.services.sql import deploy as sql_deploy
 
 TOKEN = "bench-token"
 PG = "host=127.0.0.1 port=5432 user=postgres dbname=test"
@@ -139,13 +140,7 @@ def start_cascadb(supervisor: Supervisor, urls: dict, cache_mb: int):
     service = supervisor.start_sql(
         port, free_port(), urls["cas"], urls["las"], urls["kvs"], cache_mb=cache_mb
     )
-    directory = supervisor.data_dir / "sql"
-    conninfo = (
-        f"host=127.0.0.1 port={port} user=bench dbname=cascadb "
-        f"password={(directory / 'token').read_text().strip()} "
-        f"sslmode=verify-full sslrootcert={directory / 'ca.crt'}"
-    )
-    return conninfo, service
+    return sql_deploy.conninfo(supervisor.data_dir, port, user="bench"), service
 
 
 def main() -> None:

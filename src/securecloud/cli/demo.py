@@ -319,6 +319,7 @@ def _collector(supervisor, data_dir: Path, las_url: str, cas_url: str, kvs_url: 
     from securecloud.cli.billing import regulator_keys
     from securecloud.cli.kvs import _client
     from securecloud.infra.supervisor import free_port
+    from securecloud.services.sql.deploy import conninfo
 
     _step("Run the utility's unmodified SQL collector through CascaDB")
     port = free_port()
@@ -332,12 +333,8 @@ def _collector(supervisor, data_dir: Path, las_url: str, cas_url: str, kvs_url: 
     with _client(data_dir, kvs_url) as kvs, open(csv_path, "w", newline="") as stream:
         total = export_csv(kvs, START, days, keys, stream)
     console.print(f"   {total:,} verified readings exported as the head-end CSV")
-    token = (data_dir / "sql" / "token").read_text().strip()
-    conninfo = (
-        f"host=127.0.0.1 port={port} user=collector dbname=metering password={token} "
-        f"sslmode=verify-full sslrootcert={data_dir / 'sql' / 'ca.crt'}"
-    )
-    command = [sys.executable, "-m", "securecloud.apps.collector", conninfo]
+    connection_string = conninfo(data_dir, port, user="collector")
+    command = [sys.executable, "-m", "securecloud.apps.collector", connection_string]
     command += ["--input", str(csv_path), "--progress"]
     began = time.perf_counter()
     with Progress(console=console, transient=True) as bar:
@@ -358,7 +355,7 @@ def _collector(supervisor, data_dir: Path, las_url: str, cas_url: str, kvs_url: 
             )
     seconds = time.perf_counter() - began
     console.print(f"   {printed.strip()} ({total / seconds:,.0f} rows/s)", markup=False)
-    with psycopg.connect(conninfo) as connection:
+    with psycopg.connect(connection_string) as connection:
         count, meters = connection.execute(
             "SELECT count(*), count(DISTINCT client_id) FROM reading"
         ).fetchone()

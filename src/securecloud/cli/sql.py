@@ -89,16 +89,14 @@ def shell(
     with line editing and history; statements end with `;`, `\\q` quits."""
     import psycopg
 
-    from securecloud.services.sql.deploy import sql_dir
+    from securecloud.services.sql.deploy import conninfo, sql_dir
 
     directory = sql_dir(data_dir)
     if not (directory / "ca.crt").exists():
         fail(f"no {directory / 'ca.crt'}: start the server with `securecloud sql serve` first")
-    conninfo = (
-        f"host={host} port={port} user=cascadb dbname=cascadb sslmode=verify-full "
-        f"sslrootcert={directory / 'ca.crt'} password={(directory / 'token').read_text().strip()}"
-    )
-    with psycopg.connect(conninfo, autocommit=True) as connection:
+    with psycopg.connect(
+        conninfo(data_dir, port, host, user="cascadb"), autocommit=True
+    ) as connection:
         if command is not None:
             _run(connection, command)
             return

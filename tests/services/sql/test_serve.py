@@ -16,6 +16,7 @@ import pytest
 
 from securecloud.apps.collector import COLUMNS
 from securecloud.infra.supervisor import Supervisor, free_port
+from securecloud.services.sql.deploy import conninfo
 
 CLI = [sys.executable, "-m", "securecloud.cli.main"]
 SECRET = "Rua das Flores 1578, apto 42"  # a value no storage node may ever see
@@ -33,15 +34,11 @@ def cascadb(tmp_path_factory):
 
     start()
     token = (data_dir / "sql" / "token").read_text().strip()
-    conninfo = (
-        f"host=127.0.0.1 port={pg_port} user=collector dbname=metering password={token} "
-        f"sslmode=verify-full sslrootcert={data_dir / 'sql' / 'ca.crt'}"
-    )
     yield {
         "data_dir": data_dir,
         "supervisor": supervisor,
         "start": start,
-        "conninfo": conninfo,
+        "conninfo": conninfo(data_dir, pg_port, user="collector"),
         "url": f"https://127.0.0.1:{http_port}",
         "token": token,
         "pg_port": pg_port,

@@ -43,14 +43,6 @@ def bill_key(period: bills.Period, meter_id: int) -> str:
     return f"bills/{period.start.isoformat()}+{period.days}d/{meter_id:010d}.json"
 
 
-def _keys(storage, prefix: str) -> list[str]:
-    keys, start = [], ""
-    while listed := storage.list(store.BUCKET, prefix, start, 1000):
-        keys += [item["key"] for item in listed]
-        start = listed[-1]["key"]
-    return keys
-
-
 def _segments(storage, meters: set[int], period: bills.Period):
     """(authenticator, key) of every segment of the meters' groups, from the day before
     the period (the opening readings) to its last day."""
@@ -58,8 +50,8 @@ def _segments(storage, meters: set[int], period: bills.Period):
     for offset in range(-1, period.days):
         day = period.start + dt.timedelta(days=offset)
         for group in groups:
-            for key in _keys(storage, f"readings/{day.isoformat()}/{group:05d}/"):
-                yield key.rsplit("/", 1)[1].rpartition("-")[0], key
+            for key in store.list_keys(storage, f"readings/{day.isoformat()}/{group:05d}/"):
+                yield store.authenticator_of(key), key
 
 
 def load_signed(

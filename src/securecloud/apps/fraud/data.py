@@ -42,12 +42,8 @@ def load(
         day = first_day + dt.timedelta(days=offset)
         for group in groups:
             prefix = f"readings/{day.isoformat()}/{group:05d}/"
-            keys, start = [], ""
-            while listed := storage.list(store.BUCKET, prefix, start, 1000):
-                keys += [item["key"] for item in listed]
-                start = listed[-1]["key"]
-            for key in keys:
-                authenticator = key.rsplit("/", 1)[1].rpartition("-")[0]
+            for key in store.list_keys(storage, prefix):
+                authenticator = store.authenticator_of(key)
                 table = store.read_segment(
                     storage.get(store.BUCKET, key),
                     public_keys,

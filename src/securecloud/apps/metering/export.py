@@ -17,23 +17,16 @@ from securecloud.apps.collector import COLUMNS
 from securecloud.apps.metering import store
 
 
-def _segment_keys(storage, day: dt.date) -> list[tuple[str, str]]:
-    """(authenticator, key) of every segment of the day, all meter groups."""
-    found, start, prefix = [], "", f"readings/{day.isoformat()}/"
-    while listed := storage.list(store.BUCKET, prefix, start, 1000):
-        found += [(i["key"].rsplit("/", 1)[1].rpartition("-")[0], i["key"]) for i in listed]
-        start = listed[-1]["key"]
-    return found
-
-
 def day_table(storage, day: dt.date, regulator_keys, checked: dict) -> np.ndarray:
     """The day's verified records (RECORD_DTYPE), sorted by (timestamp, meter).
     `checked` (authenticator -> verified batch roots) is shared across days."""
     tables = [
         store.read_segment(
-            storage.get(store.BUCKET, key), regulator_keys, checked.setdefault(a, {})
+            storage.get(store.BUCKET, key),
+            regulator_keys,
+            checked.setdefault(store.authenticator_of(key), {}),
         ).table
-        for a, key in _segment_keys(storage, day)
+        for key in store.list_keys(storage, f"readings/{day.isoformat()}/")
     ]
     if not tables:
         return np.empty(0, dtype=store.RECORD_DTYPE)

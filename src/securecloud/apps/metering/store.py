@@ -83,6 +83,20 @@ def segment_key(day: dt.date, group: int, authenticator: str, seq: int) -> str:
     return f"readings/{day.isoformat()}/{group:05d}/{authenticator}-{seq:012d}"
 
 
+def authenticator_of(key: str) -> str:
+    """The authenticator named in a segment key (segment_key's inverse, for that part)."""
+    return key.rsplit("/", 1)[1].rpartition("-")[0]
+
+
+def list_keys(storage, prefix: str, bucket: str = BUCKET) -> list[str]:
+    """Every key under `prefix`, across the KVS's pages of 1,000."""
+    keys, start = [], ""
+    while listed := storage.list(bucket, prefix, start, 1000):
+        keys += [item["key"] for item in listed]
+        start = listed[-1]["key"]
+    return keys
+
+
 def state_key(authenticator: str) -> str:
     return f"state/{authenticator}.json"
 
@@ -336,11 +350,7 @@ def verify_stored(record: StoredReading, header: dict, public_key) -> None:
 def stored_counters(storage, prefix: str = "readings/") -> dict[int, set[int]]:
     """Every (meter, report counter) in the segments under `prefix`: what is in the KVS."""
     found: dict[int, set[int]] = {}
-    keys, start = [], ""
-    while listed := storage.list(BUCKET, prefix, start, 1000):
-        keys += [item["key"] for item in listed]
-        start = listed[-1]["key"]
-    for key in keys:
+    for key in list_keys(storage, prefix):
         for record in decode_segment(storage.get(BUCKET, key)):
             found.setdefault(record.meter_id, set()).add(int.from_bytes(record.report[:4], "big"))
     return found

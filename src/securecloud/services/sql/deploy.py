@@ -34,6 +34,16 @@ def token(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
+def conninfo(data_dir: Path, port: int, host: str = "127.0.0.1", user: str = "securecloud") -> str:
+    """A libpq connection string for the CascaDB that `sql serve` runs from `data_dir`:
+    TLS verified against the session's CA, the access token as the password."""
+    directory = sql_dir(data_dir)
+    return (
+        f"host={host} port={port} user={user} dbname=cascadb sslmode=verify-full "
+        f"sslrootcert={directory / 'ca.crt'} password={(directory / 'token').read_text().strip()}"
+    )
+
+
 @dataclass(frozen=True)
 class SqlDeployment:
     data_dir: Path

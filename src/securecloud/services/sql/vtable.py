@@ -264,7 +264,7 @@ class Cursor:
                 start = bisect.bisect_left(chunk, (low,), i)
                 stop = last if high is None else bisect.bisect_left(chunk, (high,), start)
                 kept += chunk[start:stop]
-                if stop == last and (high is None or chunk[-1][0] < high):
+                if stop == last:
                     position = max(low, chunk[-1][0] + b"\x00")  # the run goes on past the chunk
                     break
                 following = prefix_end(group)
