@@ -301,3 +301,27 @@ def test_the_index_is_rebuilt_from_the_nodes(tmp_path):
         gw.head("meters", "gone")
     assert gw.put("meters", "gone", b"again").version == 3  # above the tombstone
     gw.close()
+
+
+def test_retiring_many_old_versions_never_starves_new_writes(tmp_path):
+    """A batch that replaces more objects than the gateway has I/O threads queues that
+    many retirements; writes after it must still find threads to put their fragments."""
+    from securecloud.services.kvs.gateway import BatchOp
+
+    keys = KvsKeys.from_master(MASTER)
+    stores = [PackStore(tmp_path / f"node-{i}") for i in range(9)]
+    gw = Gateway(keys, stores, Index(tmp_path / "index.log", keys.index_key), ZfecCoder(), 4)
+    gw.create_bucket("meters")
+    names = [f"k{i}" for i in range(40)]
+    gw.batch("meters", [BatchOp(k, b"v1" * 1000) for k in names])
+    gw.batch("meters", [BatchOp(k, b"v2" * 1000) for k in names])  # retires 40 versions
+    done = threading.Event()
+
+    def write():
+        gw.put("meters", "after", b"x" * 100_000)
+        done.set()
+
+    threading.Thread(target=write, daemon=True).start()
+    assert done.wait(30), "a write after the batch never finished: the I/O pool is starved"
+    assert gw.get("meters", "after")[1] == b"x" * 100_000
+    gw.close()

@@ -118,6 +118,11 @@ class Gateway:
         # on a network
         self.local_reads = all(isinstance(s, PackStore) for s in stores)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="kvs-io")
+        # Old versions are deleted in the background by their own thread, which hands the
+        # fragment deletes to the I/O pool. Were retirements queued on the I/O pool itself,
+        # a batch replacing more objects than it has threads would fill every thread with a
+        # task waiting on work queued behind it, and no write would ever finish again.
+        self._retirer = ThreadPoolExecutor(1, thread_name_prefix="kvs-retire")
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._locks_lock = threading.Lock()
 
@@ -299,7 +304,7 @@ class Gateway:
 
     def _retire(self, object_id: str, old: ObjectMeta) -> None:
         count = parse_policy(old.policy, len(self.nodes)).fragments
-        self._pool.submit(self._delete_fragments, object_id, old.version, count)
+        self._retirer.submit(self._delete_fragments, object_id, old.version, count)
 
     def head(self, bucket: str, key: str) -> ObjectMeta:
         self._bucket(bucket)
@@ -526,6 +531,7 @@ class Gateway:
         return meta, list(self._pool.map(check, range(policy.fragments)))
 
     def close(self) -> None:
+        self._retirer.shutdown(wait=True)
         self._pool.shutdown(wait=True)
         self.index.close()
         for store in self.stores.values():
