@@ -1,14 +1,23 @@
-"""CascaDB's ordered key space on the secure KVS: a log and sorted blocks.
+"""CascaDB's ordered key space on the secure KVS: a log and sorted runs of blocks.
 
 One sorted space of byte keys (keys.py) holds every table and index. A
 commit appends its write set as one KVS object `wal/<seq>` (conditional:
 must not exist yet, so a second writer on the same database is noticed) and
 only then is acknowledged; the entries also go into an in-memory sorted table
-(the memtable). A checkpoint merges the memtable into blocks: sorted runs of
-about BLOCK_BYTES, immutable, each a KVS object `blk/<n>`, listed with their
-first keys in `manifest`, which is swapped together with the new blocks in
-one atomic KVS batch. At start the manifest is read and the log after it
-replayed, so nothing acknowledged is lost and nothing uncommitted appears.
+(the memtable). A checkpoint writes the memtable as a new sorted run: blocks
+of about BLOCK_BYTES, immutable, each a KVS object `blk/<n>`, deletes kept as
+tombstones while older runs may hold the key. Runs are listed newest first in
+`manifest`, which moves in one atomic KVS batch. Runs are merged size-tiered
+(a run is merged into when the newer data reaches TIER_RATIO times its size;
+never more than MAX_RUNS), so a key is rewritten a logarithmic number of times
+instead of its whole block at every checkpoint that touches it: time-major
+metering inserts touch every meter's block at every checkpoint. At start the
+manifest is read and the log after it replayed, so nothing acknowledged is
+lost and nothing uncommitted appears.
+
+Reads merge the overlay (a transaction's own writes), the memtable and the
+runs newest to oldest, a list at a time: up to the smallest last key of the
+lists at hand, the newer entries win (a dict), then one sort.
 
 A transaction's writes stay in its session until commit; a commit fails with
 `WriteConflict` when a key it writes was committed by someone else after the
@@ -27,6 +36,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from operator import itemgetter
 
 from sortedcontainers import SortedDict
 
@@ -35,6 +45,8 @@ from securecloud.services.sql.objects import ObjectStore, Op, VersionConflict
 BLOCK_BYTES = 128 * 1024
 BATCH_LIMIT = 1000
 BATCH_BYTES = 8 * 1024 * 1024  # per KVS batch of new blocks: well inside its timeout
+TIER_RATIO = 2  # merge into a run once the newer data is twice its size
+MAX_RUNS = 8
 CHUNK = 512  # the most memtable entries per scan chunk
 _HEADER = struct.Struct("<I")
 _TOMBSTONE = 0xFFFFFFFF
@@ -87,11 +99,8 @@ def decode_run(data: bytes) -> tuple[list[bytes], list[bytes | None]]:
 class Block:
     name: str
     keys: list[bytes]
-    values: list[bytes]
-
-    @property
-    def size(self) -> int:
-        return sum(map(len, self.keys)) + sum(map(len, self.values)) + 6 * len(self.keys)
+    values: list[bytes | None]  # None: deleted (a tombstone)
+    size: int  # encoded bytes
 
 
 class BlockCache:
@@ -127,6 +136,32 @@ class BlockCache:
             self.used -= block.size
 
 
+@dataclass(frozen=True)
+class Run:
+    """A sorted run of blocks: the first key and the name of each, in key order."""
+
+    fences: list[bytes]
+    names: list[str]
+    entries: int
+    tombstones: bool  # may hold deletes (every run but the oldest)
+
+    def to_json(self) -> dict:
+        return {
+            "blocks": [[f.hex(), n] for f, n in zip(self.fences, self.names, strict=True)],
+            "entries": self.entries,
+            "tombstones": self.tombstones,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict) -> Run:
+        return cls(
+            [bytes.fromhex(f) for f, _ in doc["blocks"]],
+            [n for _, n in doc["blocks"]],
+            doc["entries"],
+            doc["tombstones"],
+        )
+
+
 class Store:
     def __init__(
         self,
@@ -142,8 +177,7 @@ class Store:
         self.seq = 0
         self.checkpointed = 0
         self.manifest_version = 0
-        self.fences: list[bytes] = []  # first key of each block
-        self.block_names: list[str] = []
+        self.runs: list[Run] = []  # newest first
         self.next_block = 0
         # keys moved out of the memtable by the last checkpoint, with their commit
         # seq: transactions that began before it are still checked against them
@@ -151,6 +185,7 @@ class Store:
         self._checkpoint_floor = 0
         self._previous_floor = 0
         self.commits = self.conflicts = self.checkpoints = self.checkpoint_failures = 0
+        self.compactions = 0
         self._load()
 
     # -- start ------------------------------------------------------------------------
@@ -161,8 +196,7 @@ class Store:
             self.manifest_version = found[1]
             self.checkpointed = self.seq = doc["seq"]
             self.next_block = doc["next_block"]
-            self.fences = [bytes.fromhex(f) for f, _ in doc["blocks"]]
-            self.block_names = [n for _, n in doc["blocks"]]
+            self.runs = [Run.from_json(r) for r in doc["runs"]]
         self._checkpoint_floor = self._previous_floor = self.seq
         replayed = self._catch_up()
         if replayed:
@@ -191,15 +225,14 @@ class Store:
         self.seq = seq
 
     # -- reads ------------------------------------------------------------------------
-    def _block(self, position: int) -> Block:
-        name = self.block_names[position]
+    def _block(self, name: str) -> Block:
         block = self.cache.get(name)
         if block is None:
             found = self.objects.get(name)
             if found is None:
                 raise RuntimeError(f"block {name} is missing from the KVS")
             keys, values = decode_run(found[0])
-            block = Block(name, keys, values)  # type: ignore[arg-type]
+            block = Block(name, keys, values, len(found[0]))
             self.cache.put(block)
         return block
 
@@ -207,13 +240,14 @@ class Store:
         hit = self.memtable.get(key)
         if hit is not None:
             return hit[1]
-        position = bisect.bisect_right(self.fences, key) - 1
-        if position < 0:
-            return None
-        block = self._block(position)
-        i = bisect.bisect_left(block.keys, key)
-        if i < len(block.keys) and block.keys[i] == key:
-            return block.values[i]
+        for run in self.runs:
+            position = bisect.bisect_right(run.fences, key) - 1
+            if position < 0:
+                continue
+            block = self._block(run.names[position])
+            i = bisect.bisect_left(block.keys, key)
+            if i < len(block.keys) and block.keys[i] == key:
+                return block.values[i]
         return None
 
     def scan(
@@ -234,81 +268,48 @@ class Store:
         reverse: bool = False,
         overlay: SortedDict | None = None,
     ) -> Iterator[list[Entry]]:
-        """`scan` as lists of entries (at most a block's worth each), so that callers
-        step through a list instead of a generator chain per row. The key space is cut
-        at the block fences; each piece is the block's slice, with the memtable's and
-        the overlay's entries of that piece merged in only where there are any."""
-        fences = self.fences
-        pieces: list[tuple[bytes, bytes | None, int | None]] = []
-        if not fences or low < fences[0]:
-            top = fences[0] if fences else None
-            pieces.append((low, _lower(high, top), None))
-        if fences:
-            first = max(0, bisect.bisect_right(fences, low) - 1)
-            last = len(fences) if high is None else bisect.bisect_left(fences, high)
-            for position in range(first, last):
-                following = fences[position + 1] if position + 1 < len(fences) else None
-                pieces.append((max(low, fences[position]), _lower(high, following), position))
-        if reverse:
-            pieces.reverse()
-        for piece_low, piece_high, position in pieces:
-            if position is None:
-                yield from self._memtable_chunks(piece_low, piece_high, reverse, overlay)
-                continue
-            block = self._block(position)
-            keys = block.keys
-            start = bisect.bisect_left(keys, piece_low)
-            end = len(keys) if piece_high is None else bisect.bisect_left(keys, piece_high)
-            chunk = list(zip(keys[start:end], block.values[start:end], strict=True))
-            changes = self._changes(piece_low, piece_high, overlay)
-            if changes:
-                chunk = _overlaid(chunk, changes)
-            if reverse:
-                chunk.reverse()
-            if chunk:
-                yield chunk
-
-    def _changes(self, low: bytes, high: bytes | None, overlay) -> list[Entry]:
-        """Memtable entries, then the overlay's, with low <= key < high (later ones win)."""
-        memtable = self.memtable
-        changes = [(k, memtable[k][1]) for k in memtable.irange(low, high, (True, False))]
-        if overlay:
-            changes += [(k, overlay[k]) for k in overlay.irange(low, high, (True, False))]
-        return changes
-
-    def _memtable_chunks(self, low: bytes, high: bytes | None, reverse: bool, overlay):
-        """Keys below the first block (all keys before the first checkpoint), in slices
-        of memtable positions (_slices) with the overlay of each slice's span merged in."""
+        """`scan` as non-empty lists of entries, so that callers step through a list
+        instead of a generator chain per row."""
+        sources = [(self._run_chunks(run, low, high, reverse), run.tombstones) for run in self.runs]
         memtable = self.memtable
         start = memtable.bisect_left(low)
         end = len(memtable) if high is None else memtable.bisect_left(high)
-        keys, values = memtable.keys(), memtable.values()
-        starts = range(start, end, CHUNK)
-        if not starts:
-            own = (
-                [(k, overlay[k]) for k in overlay.irange(low, high, (True, False))]
-                if overlay
-                else []
-            )
-            chunk = [e for e in own if e[1] is not None]
+        if start < end:
+            sources.insert(0, (self._memtable_chunks(start, end, reverse), True))
+        if overlay:
+            own = [(k, overlay[k]) for k in overlay.irange(low, high, (True, False))]
+            if reverse:
+                own.reverse()
+            if own:
+                sources.insert(0, (iter([own]), True))
+        return _merged(sources, reverse, drop_tombstones=True)
+
+    def _run_chunks(self, run: Run, low: bytes, high: bytes | None, reverse: bool):
+        """The run's entries in [low, high), a block's slice at a time."""
+        fences = run.fences
+        first = max(0, bisect.bisect_right(fences, low) - 1)
+        last = len(fences) if high is None else bisect.bisect_left(fences, high)
+        positions = range(first, last)
+        for position in reversed(positions) if reverse else positions:
+            block = self._block(run.names[position])
+            keys = block.keys
+            start = bisect.bisect_left(keys, low)
+            end = len(keys) if high is None else bisect.bisect_left(keys, high)
+            if start >= end:
+                continue
+            chunk = list(zip(keys[start:end], block.values[start:end], strict=True))
             if reverse:
                 chunk.reverse()
-            if chunk:
-                yield chunk
-            return
+            yield chunk
+
+    def _memtable_chunks(self, start: int, end: int, reverse: bool):
+        """Memtable positions start..end in slices (_slices), deletes as None."""
+        keys, values = self.memtable.keys(), self.memtable.values()
         for i, j in _slices(start, end, reverse):
             chunk = [(k, v[1]) for k, v in zip(keys[i:j], values[i:j], strict=True)]
-            if overlay:
-                span_low = low if i == start else keys[i]
-                span_high = high if j == end else keys[j]
-                own = [(k, overlay[k]) for k in overlay.irange(span_low, span_high, (True, False))]
-                chunk = _overlaid(chunk, own)
-            elif any(v is None for _, v in chunk):
-                chunk = [e for e in chunk if e[1] is not None]
             if reverse:
                 chunk.reverse()
-            if chunk:
-                yield chunk
+            yield chunk
 
     # -- writes -----------------------------------------------------------------------
     def commit(self, writes: SortedDict, started: int) -> int:
@@ -357,50 +358,28 @@ class Store:
                 )
 
     def checkpoint(self) -> int:
-        """Merge the memtable into blocks; returns the number of blocks written."""
+        """Write the memtable as a new run, merged with as many of the newest runs as the
+        tiering asks for (_merge_depth); returns the number of blocks written."""
         with self.lock:
             if not self.memtable:
                 return 0
-            entries = list(self.memtable.items())
-            groups: dict[int, list[tuple[bytes, bytes | None]]] = {}
-            for key, (_, value) in entries:
-                position = max(0, bisect.bisect_right(self.fences, key) - 1)
-                groups.setdefault(position if self.fences else -1, []).append((key, value))
-            new_fences = list(self.fences)
-            new_names = list(self.block_names)
-            puts: list[Op] = []
-            retired: list[str] = []
-            written: list[Block] = []
-            # right to left, so that replacing one block by several keeps positions valid
-            for position in sorted(groups, reverse=True):
-                changes = groups[position]
-                if position >= 0:
-                    old = self._block(position)
-                    merged = _merge_block(old.keys, old.values, changes)
-                    retired.append(old.name)
-                else:
-                    merged = [(k, v) for k, v in changes if v is not None]
-                blocks = []
-                for run in _split(merged):
-                    name = f"blk/{self.next_block:012d}"
-                    self.next_block += 1
-                    block = Block(name, [k for k, _ in run], [v for _, v in run])
-                    blocks.append(block)
-                    puts.append(Op(name, encode_run(run), if_match=0))
-                written += blocks
-                start = max(position, 0)
-                stop = position + 1 if position >= 0 else 0
-                new_fences[start:stop] = [b.keys[0] for b in blocks]
-                new_names[start:stop] = [b.name for b in blocks]
+            entries = [(k, v) for k, (_, v) in self.memtable.items()]
+            depth = _merge_depth([len(entries)] + [run.entries for run in self.runs])
+            merging = self.runs[:depth]
+            oldest = depth == len(self.runs)  # deletes need not be kept below the last run
+            sources = [(iter([entries]), True)] + [
+                (self._run_chunks(run, b"", None, False), run.tombstones) for run in merging
+            ]
+            run, written = self._write_run(_merged(sources, False, drop_tombstones=oldest))
+            runs = ([run] if run.names else []) + self.runs[depth:]
+            retired = [name for old in merging for name in old.names]
             manifest = json.dumps(
                 {
                     "seq": self.seq,
                     "next_block": self.next_block,
-                    "blocks": [[f.hex(), n] for f, n in zip(new_fences, new_names, strict=True)],
+                    "runs": [r.to_json() for r in runs],
                 }
             ).encode()
-            for group in _by_size(puts):  # new blocks: unreferenced until the manifest moves
-                self.objects.batch(group)
             try:
                 self.objects.batch(
                     [Op("manifest", manifest, if_match=self.manifest_version)]
@@ -408,24 +387,71 @@ class Store:
                 )
             except VersionConflict:
                 # another server checkpointed: ours is garbage, theirs is the truth
-                self.objects.batch([Op(b.name, None) for b in written][:BATCH_LIMIT])
+                self._delete([b.name for b in written])
                 raise
             self.manifest_version += 1
-            for start in range(BATCH_LIMIT - 1, len(retired), BATCH_LIMIT):
-                self.objects.batch([Op(n, None) for n in retired[start : start + BATCH_LIMIT]])
+            self._delete(retired[BATCH_LIMIT - 1 :])
             self._drop_log(self.checkpointed, self.seq)
             for name in retired:
                 self.cache.drop(name)
             for block in written:
                 self.cache.put(block)
-            self.fences, self.block_names = new_fences, new_names
-            self._checkpointed_seqs = {k: s for k, (s, _) in entries}
+            self.runs = runs
+            self._checkpointed_seqs = {k: s for k, (s, _) in self.memtable.items()}
             self._previous_floor = self._checkpoint_floor
             self._checkpoint_floor = self.seq
             self.checkpointed = self.seq
             self.memtable = SortedDict()
             self.checkpoints += 1
+            self.compactions += bool(merging)
             return len(written)
+
+    def _write_run(self, chunks: Iterator[list[Entry]]) -> tuple[Run, list[Block]]:
+        """Cut sorted entries into blocks of about BLOCK_BYTES and store them, in KVS
+        batches of at most BATCH_BYTES; they stay unreferenced until the manifest moves."""
+        blocks: list[Block] = []
+        pending: list[Op] = []
+        pending_bytes = count = 0
+        tombstones = False
+        keys: list[bytes] = []
+        values: list[bytes | None] = []
+        size = 0
+
+        def seal() -> None:
+            nonlocal pending, pending_bytes, keys, values, size
+            name = f"blk/{self.next_block:012d}"
+            self.next_block += 1
+            data = encode_run(list(zip(keys, values, strict=True)))
+            blocks.append(Block(name, keys, values, len(data)))
+            if pending and (len(pending) == BATCH_LIMIT or pending_bytes + len(data) > BATCH_BYTES):
+                self.objects.batch(pending)
+                pending, pending_bytes = [], 0
+            pending.append(Op(name, data, if_match=0))
+            pending_bytes += len(data)
+            keys, values, size = [], [], 0
+
+        for chunk in chunks:
+            for key, value in chunk:
+                keys.append(key)
+                values.append(value)
+                if value is None:
+                    tombstones = True
+                    size += len(key) + 6
+                else:
+                    size += len(key) + len(value) + 6
+                if size >= BLOCK_BYTES:
+                    seal()
+            count += len(chunk)
+        if keys:
+            seal()
+        if pending:
+            self.objects.batch(pending)
+        run = Run([b.keys[0] for b in blocks], [b.name for b in blocks], count, tombstones)
+        return run, blocks
+
+    def _delete(self, names: list[str]) -> None:
+        for start in range(0, len(names), BATCH_LIMIT):
+            self.objects.batch([Op(n, None) for n in names[start : start + BATCH_LIMIT]])
 
     def _drop_log(self, after: int, upto: int) -> None:
         names = [f"wal/{seq:016d}" for seq in range(after + 1, upto + 1)]
@@ -440,7 +466,8 @@ class Store:
             "seq": self.seq,
             "checkpointed": self.checkpointed,
             "memtable_entries": len(self.memtable),
-            "blocks": len(self.block_names),
+            "runs": len(self.runs),
+            "blocks": sum(len(run.names) for run in self.runs),
             "cache_bytes": self.cache.used,
             "cache_hits": self.cache.hits,
             "cache_misses": self.cache.misses,
@@ -448,21 +475,8 @@ class Store:
             "conflicts": self.conflicts,
             "checkpoints": self.checkpoints,
             "checkpoint_failures": self.checkpoint_failures,
+            "compactions": self.compactions,
         }
-
-
-def _by_size(ops: list[Op], limit: int = BATCH_BYTES) -> Iterator[list[Op]]:
-    """KVS batches of at most BATCH_LIMIT operations and about `limit` bytes each."""
-    group: list[Op] = []
-    size = 0
-    for op in ops:
-        if group and (len(group) == BATCH_LIMIT or size + len(op.data or b"") > limit):
-            yield group
-            group, size = [], 0
-        group.append(op)
-        size += len(op.data or b"")
-    if group:
-        yield group
 
 
 def _slices(start: int, end: int, reverse: bool) -> Iterator[tuple[int, int]]:
@@ -479,40 +493,90 @@ def _slices(start: int, end: int, reverse: bool) -> Iterator[tuple[int, int]]:
             start, step = start + step, min(step * 4, CHUNK)
 
 
-def _lower(a: bytes | None, b: bytes | None) -> bytes | None:
-    """The lower of two upper bounds, None meaning unbounded."""
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return min(a, b)
+def _merge_depth(sizes: list[int]) -> int:
+    """How many of the newest runs to merge with the new one (sizes[0], the runs after
+    it newest first): the most j such that the newer data reaches TIER_RATIO times run
+    j's size, and always enough to keep at most MAX_RUNS."""
+    depth = 0
+    for j in range(1, len(sizes)):
+        if sum(sizes[:j]) >= TIER_RATIO * sizes[j]:
+            depth = j
+    return max(depth, len(sizes) - MAX_RUNS)
 
 
-def _overlaid(chunk: list[Entry], changes: list[Entry]) -> list[Entry]:
-    """`chunk` with `changes` applied in order (None deletes), sorted, tombstones gone."""
-    merged = dict(chunk)
-    merged.update(changes)
-    return sorted(e for e in merged.items() if e[1] is not None)
+class _Stream:
+    """One sorted source of chunks and how far into its current chunk we are."""
+
+    __slots__ = ("chunk", "chunks", "position", "tombstones")
+
+    def __init__(self, chunks: Iterator[list[Entry]], tombstones: bool):
+        self.chunks, self.tombstones = chunks, tombstones
+        self.chunk: list[Entry] = []
+        self.position = 0
+
+    def ready(self) -> bool:
+        """Something left in the current chunk, pulling the next one if needed."""
+        while self.position >= len(self.chunk):
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                return False
+            self.chunk, self.position = chunk, 0
+        return True
+
+    def take(self, stop: int) -> list[Entry]:
+        whole = self.position == 0 and stop == len(self.chunk)
+        part = self.chunk if whole else self.chunk[self.position : stop]
+        self.position = stop
+        return part
 
 
-def _merge_block(keys: list[bytes], values: list[bytes], changes: list) -> list:
-    merged = dict(zip(keys, values, strict=True))
-    for key, value in changes:
-        if value is None:
-            merged.pop(key, None)
+def _merged(sources, reverse: bool, drop_tombstones: bool) -> Iterator[list[Entry]]:
+    """Sorted chunk streams, newest first, as one: each key's newest entry, deletes
+    dropped when `drop_tombstones`. Each step takes from every stream what lies up to
+    the lowest last key among the chunks at hand (nothing later in any stream can come
+    before it); one stream's part passes as it is, several are merged by a dict and
+    one sort."""
+    streams = [_Stream(chunks, tombstones) for chunks, tombstones in sources]
+    live = [s for s in streams if s.ready()]
+    key = itemgetter(0)
+    while live:
+        if len(live) == 1:
+            only = live[0]
+            parts = [(only.take(len(only.chunk)), only.tombstones)]
         else:
-            merged[key] = value
-    return sorted(merged.items())
+            ends = [s.chunk[-1][0] for s in live]
+            bound = max(ends) if reverse else min(ends)
+            parts = []
+            for s in live:
+                stop = (
+                    _cut_descending(s.chunk, s.position, bound)
+                    if reverse
+                    else bisect.bisect_right(s.chunk, bound, s.position, key=key)
+                )
+                if stop > s.position:
+                    parts.append((s.take(stop), s.tombstones))
+        if len(parts) == 1:
+            chunk, tombstones = parts[0]
+        else:
+            newest: dict = {}
+            for part, _ in reversed(parts):  # oldest first: newer entries overwrite
+                newest.update(part)
+            chunk = sorted(newest.items(), reverse=reverse)
+            tombstones = any(t for _, t in parts)
+        if tombstones and drop_tombstones:
+            chunk = [e for e in chunk if e[1] is not None]
+        if chunk:
+            yield chunk
+        live = [s for s in live if s.ready()]
 
 
-def _split(entries: list) -> list[list]:
-    runs, current, size = [], [], 0
-    for key, value in entries:
-        current.append((key, value))
-        size += len(key) + len(value) + 6
-        if size >= BLOCK_BYTES:
-            runs.append(current)
-            current, size = [], 0
-    if current:
-        runs.append(current)
-    return runs
+def _cut_descending(chunk: list[Entry], start: int, bound: bytes) -> int:
+    """The end of the entries with key >= bound in a chunk sorted descending."""
+    low, high = start, len(chunk)
+    while low < high:
+        middle = (low + high) // 2
+        if chunk[middle][0] >= bound:
+            low = middle + 1
+        else:
+            high = middle
+    return low
