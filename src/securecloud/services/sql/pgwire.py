@@ -111,26 +111,22 @@ def error_response(error: Exception) -> bytes:
     return _message(b"E", fields)
 
 
-def _type_of(values) -> int:
-    for value in values:
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            return BOOL
-        if isinstance(value, int):
-            return INT8
-        if isinstance(value, float):
-            return FLOAT8
-        if isinstance(value, bytes):
-            return BYTEA
-        return TEXT
+_OIDS = {bool: BOOL, int: INT8, float: FLOAT8, bytes: BYTEA, str: TEXT}
+
+
+def _type_of(rows: list, column: int) -> int:
+    """The column's type from its first non-NULL value (TEXT when there is none)."""
+    for row in rows:
+        value = row[column]
+        if value is not None:
+            return _OIDS.get(type(value), TEXT)
     return TEXT
 
 
-def row_description(result: Result, formats: list[int]) -> bytes:
-    parts = [struct.pack("!H", len(result.columns))]
-    for i, name in enumerate(result.columns):
-        oid = _type_of(row[i] for row in result.rows)
+@functools.lru_cache(maxsize=1024)
+def _description(columns: tuple[str, ...], oids: tuple[int, ...], formats: tuple[int, ...]):
+    parts = [struct.pack("!H", len(columns))]
+    for i, (name, oid) in enumerate(zip(columns, oids, strict=True)):
         fmt = formats[i] if len(formats) > 1 else (formats[0] if formats else 0)
         parts.append(
             _cstr(name) + struct.pack("!IhIhih", 0, 0, oid, _TYPE_SIZE.get(oid, -1), -1, fmt)
@@ -138,18 +134,32 @@ def row_description(result: Result, formats: list[int]) -> bytes:
     return _message(b"T", b"".join(parts))
 
 
+def row_description(result: Result, formats: list[int]) -> bytes:
+    rows = result.rows
+    oids = tuple(_type_of(rows, i) for i in range(len(result.columns)))
+    return _description(tuple(result.columns), oids, tuple(formats))
+
+
+def _float_text(value: float) -> bytes:
+    if value != value:
+        return b"NaN"
+    if value in (float("inf"), float("-inf")):
+        return b"Infinity" if value > 0 else b"-Infinity"
+    return repr(value).encode()
+
+
+_TEXT_OF = {
+    bool: lambda v: b"t" if v else b"f",
+    float: _float_text,
+    int: lambda v: str(v).encode(),
+    str: str.encode,
+    bytes: lambda v: b"\\x" + v.hex().encode(),
+}
+
+
 def _text(value) -> bytes:
-    if isinstance(value, bool):
-        return b"t" if value else b"f"
-    if isinstance(value, float):
-        if value != value:
-            return b"NaN"
-        if value in (float("inf"), float("-inf")):
-            return b"Infinity" if value > 0 else b"-Infinity"
-        return repr(value).encode()
-    if isinstance(value, bytes):
-        return b"\\x" + value.hex().encode()
-    return str(value).encode()
+    to_text = _TEXT_OF.get(type(value))
+    return to_text(value) if to_text is not None else str(value).encode()
 
 
 def _binary(value) -> bytes:

@@ -47,7 +47,7 @@ BATCH_LIMIT = 1000
 BATCH_BYTES = 8 * 1024 * 1024  # per KVS batch of new blocks: well inside its timeout
 TIER_RATIO = 2  # merge into a run once the newer data is twice its size
 MAX_RUNS = 8
-CHUNK = 512  # the most memtable entries per scan chunk
+CHUNK = 1024  # the most entries per scan chunk
 _HEADER = struct.Struct("<I")
 _TOMBSTONE = 0xFFFFFFFF
 log = logging.getLogger("securecloud.sql")
@@ -285,22 +285,22 @@ class Store:
         return _merged(sources, reverse, drop_tombstones=True)
 
     def _run_chunks(self, run: Run, low: bytes, high: bytes | None, reverse: bool):
-        """The run's entries in [low, high), a block's slice at a time."""
+        """The run's entries in [low, high), each block's slice in pieces that grow from
+        16 entries (_slices): a LIMIT 1 copies a few entries, not a block."""
         fences = run.fences
         first = max(0, bisect.bisect_right(fences, low) - 1)
         last = len(fences) if high is None else bisect.bisect_left(fences, high)
         positions = range(first, last)
         for position in reversed(positions) if reverse else positions:
             block = self._block(run.names[position])
-            keys = block.keys
+            keys, values = block.keys, block.values
             start = bisect.bisect_left(keys, low)
             end = len(keys) if high is None else bisect.bisect_left(keys, high)
-            if start >= end:
-                continue
-            chunk = list(zip(keys[start:end], block.values[start:end], strict=True))
-            if reverse:
-                chunk.reverse()
-            yield chunk
+            for i, j in _slices(start, end, reverse):
+                chunk = list(zip(keys[i:j], values[i:j], strict=True))
+                if reverse:
+                    chunk.reverse()
+                yield chunk
 
     def _memtable_chunks(self, start: int, end: int, reverse: bool):
         """Memtable positions start..end in slices (_slices), deletes as None."""

@@ -12,6 +12,7 @@ to the session (engine.Session), which enforces keys and maintains indexes.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import json
 from typing import TYPE_CHECKING
@@ -206,7 +207,7 @@ class Cursor:
         self.decoded = None
 
     def Filter(self, indexnum, indexname, args):
-        plan = json.loads(indexname)
+        plan = _plan(indexname)
         by_constraint = dict(zip(plan["order"], args, strict=True))
         index_id = plan["index"]
         if index_id == PRIMARY:
@@ -320,6 +321,12 @@ class Cursor:
 
     def Close(self) -> None:
         self._close()
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(text: str) -> dict:
+    """best_index's plan, parsed once per distinct plan (read, never changed)."""
+    return json.loads(text)
 
 
 def _narrow(prefix: bytes, spec, descending: bool) -> tuple[bytes, bytes | None]:
