@@ -13,6 +13,7 @@ writes and, inside a transaction block, fails the block as PostgreSQL does.
 from __future__ import annotations
 
 import itertools
+import operator
 import secrets
 import threading
 from dataclasses import dataclass, field
@@ -422,6 +423,8 @@ class Session:
         self._handle_ids.clear()
 
     def _coerce(self, table: Table, fields: list) -> list:
+        if tuple(map(type, fields)) == self.database.codec(table.name).exact:
+            return list(fields)  # every value of its column's type: nothing to do
         row = [coerce(v, c.affinity, c.name) for v, c in zip(fields, table.columns, strict=True)]
         for i, column in enumerate(table.columns):
             if row[i] is None:
@@ -445,8 +448,8 @@ class Session:
         return 1
 
     def _primary_key(self, table: Table, row: list) -> bytes:
-        values = [row[table.position(c)] for c in table.primary_key]
-        return index_prefix(table.id, PRIMARY) + encode_values(values)
+        codec = self.database.codec(table.name)
+        return codec.primary_prefix + encode_values([row[i] for i in codec.key_positions])
 
     def _index_key(self, table: Table, index, row: list) -> tuple[bytes, bytes | None]:
         """(the entry's key, its unique prefix or None when a NULL exempts it)."""
@@ -466,17 +469,14 @@ class Session:
         table = self.database.tables.get(name)
         if table is None:
             return None
-        if columns is None:
-            columns = [c.name for c in table.columns if c.name != ROWID]
-            if len(columns) != len(values):
-                return None
-        fields: list = [None] * len(table.columns)
-        positions = table.positions
-        for column, (kind, value) in zip(columns, values, strict=True):
-            position = positions.get(column)
-            if position is None or (kind == "param" and not 0 < value <= len(params)):
-                return None
-            fields[position] = params[value - 1] if kind == "param" else value
+        plans = self.database.codec(name).insert_plans
+        plan = plans.get((columns, values), False)
+        if plan is False:
+            plan = plans[columns, values] = _fields_plan(table, columns, values)
+        if plan is None or len(params) < plan[1]:
+            return None
+        pick, count, constants = plan
+        fields = list(pick((None, *params[:count], *constants)))
         self._direct = True
         try:
             self.insert_row(name, fields)
@@ -563,6 +563,33 @@ class Session:
     def close(self) -> None:
         self.transaction = None
         self.connection.close()
+
+
+def _fields_plan(table: Table, columns, values):
+    """How a plain INSERT's row is built from (None, *params, *constants) by one
+    itemgetter: (getter, parameters used, constants); None when a column is unknown or
+    the values do not match the columns."""
+    if columns is None:
+        columns = [c.name for c in table.columns if c.name != ROWID]
+        if len(columns) != len(values):
+            return None
+    count = max((v for kind, v in values if kind == "param"), default=0)
+    constants = tuple(v for kind, v in values if kind != "param")
+    source = [0] * len(table.columns)  # 0: NULL
+    next_constant = 1 + count
+    for column, (kind, value) in zip(columns, values, strict=True):
+        position = table.positions.get(column)
+        if position is None or (kind == "param" and value < 1):
+            return None
+        if kind == "param":
+            source[position] = value
+        else:
+            source[position] = next_constant
+            next_constant += 1
+    if len(source) == 1:
+        only = source[0]
+        return (lambda row: (row[only],)), count, constants
+    return operator.itemgetter(*source), count, constants
 
 
 def _bindings(params):

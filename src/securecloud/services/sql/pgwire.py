@@ -60,6 +60,7 @@ class Prepared:
     sql: str
     types: list[int]
     _decoders: dict = field(default_factory=dict)
+    _layouts: dict = field(default_factory=dict)
 
     def decoders(self, formats: tuple[int, ...], count: int) -> list:
         """One function per parameter turning its bytes into a value, for these
@@ -74,6 +75,24 @@ class Prepared:
                 found.append(fast or functools.partial(decode_param, oid=oid, binary=binary))
             self._decoders[(formats, count)] = found
         return found
+
+    def layout(self, formats: tuple[int, ...], count: int):
+        """When every parameter is a binary fixed-size number: one Struct reading all of
+        them with their lengths, and the lengths they must have (no NULL); else None."""
+        key = (formats, count)
+        if key not in self._layouts:
+            codes = []
+            for i in range(count):
+                binary = (formats[i] if len(formats) > 1 else (formats[0] if formats else 0)) == 1
+                oid = self.types[i] if i < len(self.types) else 0
+                code = _FIXED_BINARY.get(oid) if binary else None
+                if code is None:
+                    self._layouts[key] = None
+                    return None
+                codes.append(code)
+            whole = struct.Struct("!" + "".join("i" + c for c in codes))
+            self._layouts[key] = (whole, tuple(struct.calcsize(c) for c in codes))
+        return self._layouts[key]
 
 
 @dataclass
@@ -192,6 +211,25 @@ def data_rows(rows: list[tuple], formats: list[int]) -> bytes:
     return b"".join(out)
 
 
+def _decode_params(prepared: Prepared, formats: list[int], count: int, rest: bytes, position: int):
+    """A Bind's parameter values one at a time (NULLs, text, any type); the values and
+    where they end."""
+    decoders = prepared.decoders(tuple(formats), count)
+    params: list = []
+    for i in range(count):
+        (length,) = _I32.unpack_from(rest, position)
+        position += 4
+        if length < 0:
+            params.append(None)
+            continue
+        try:
+            params.append(decoders[i](rest[position : position + length]))
+        except (ValueError, struct.error) as exc:
+            raise SqlError(f"parameter ${i + 1}: {exc}", "22P02") from None
+        position += length
+    return params, position
+
+
 def _unpacker(code: str):
     unpack = struct.Struct(code).unpack
     return lambda raw: unpack(raw)[0]
@@ -205,6 +243,7 @@ _BINARY_NUMBERS = {
     FLOAT4: _unpacker("!f"),
     FLOAT8: _unpacker("!d"),
 }
+_FIXED_BINARY = {INT2: "h", INT4: "i", INT8: "q", FLOAT4: "f", FLOAT8: "d"}
 _TEXT_NUMBERS = {INT2: int, INT4: int, INT8: int, FLOAT4: float, FLOAT8: float, NUMERIC: float}
 
 
@@ -451,19 +490,15 @@ class Connection:
         position = 2 + 2 * count
         (nparams,) = struct.unpack_from("!H", rest, position)
         position += 2
-        decoders = prepared.decoders(tuple(formats), nparams)
-        params = []
-        for i in range(nparams):
-            (length,) = _I32.unpack_from(rest, position)
-            position += 4
-            if length < 0:
-                params.append(None)
-                continue
-            try:
-                params.append(decoders[i](rest[position : position + length]))
-            except (ValueError, struct.error) as exc:
-                raise SqlError(f"parameter ${i + 1}: {exc}", "22P02") from None
-            position += length
+        params = None
+        layout = prepared.layout(tuple(formats), nparams)
+        if layout is not None and len(rest) >= position + layout[0].size:
+            unpacked = layout[0].unpack_from(rest, position)
+            if unpacked[0::2] == layout[1]:  # a bulk INSERT's numbers: one struct call
+                params = list(unpacked[1::2])
+                position += layout[0].size
+        if params is None:
+            params, position = _decode_params(prepared, formats, nparams, rest, position)
         (nresults,) = struct.unpack_from("!H", rest, position)
         result_formats = list(struct.unpack_from(f"!{nresults}H", rest, position + 2))
         self.portals[portal.decode()] = Portal(prepared, params, result_formats)

@@ -74,7 +74,8 @@ class RowCodec:
         self.variable = [i for i, a in enumerate(self.affinities) if a in ("text", "blob")]
         self.zero = [_ZERO[a] for a in self.affinities]
         self.key_positions = [table.position(c) for c in table.primary_key]
-        self.key_start = len(index_prefix(table.id, PRIMARY))
+        self.primary_prefix = index_prefix(table.id, PRIMARY)
+        self.key_start = len(self.primary_prefix)
         # The common case decoded in C: integer key columns (tag byte, then the value
         # offset by 2**63, big-endian), no text or blob values, no NULLs in the row.
         self.int_keys = None
@@ -85,9 +86,23 @@ class RowCodec:
         where = {position: i for i, position in enumerate(combined)}
         self.reorder = operator.itemgetter(*[where[i] for i in range(len(table.columns))])
         self.single = len(table.columns) == 1
+        # the common write: every value already of its column's type (so no NULL), and
+        # only integer and real value columns: packed by one struct call
+        self.exact = tuple(_EXACT[c.affinity] for c in table.columns)
+        self.insert_plans: dict = {}  # the engine's plain INSERT shapes (engine._fields_plan)
+        self.packable = (
+            operator.itemgetter(*self.positions)
+            if len(self.positions) > 1 and not self.variable
+            else None
+        )
 
     def encode(self, row: list) -> bytes:
         """`row`: every column of the table, coerced; only value columns are packed."""
+        if self.packable is not None and None not in row:
+            try:
+                return self.fixed.pack(self.no_nulls, *self.packable(row))
+            except struct.error as exc:
+                raise TypeMismatch(f"value out of range: {exc}", "22003") from exc
         values = [row[i] for i in self.positions]
         bits = 0
         fixed = list(self.zero)
