@@ -394,7 +394,7 @@ class Session:
     def scan(self, low: bytes, high: bytes | None, reverse: bool = False):
         return itertools.chain.from_iterable(self.scan_chunks(low, high, reverse))
 
-    def scan_chunks(self, low: bytes, high: bytes | None, reverse: bool = False):
+    def scan_chunks(self, low: bytes, high: bytes | None, reverse: bool = False, first: int = 16):
         """The store's entries in [low, high) as lists, this transaction's writes over them."""
         txn = self.transaction
         overlay = None
@@ -402,7 +402,7 @@ class Session:
             overlay = SortedDict(
                 (k, txn.writes[k]) for k in txn.writes.irange(low, high, (True, False))
             )
-        return self.database.store.scan_chunks(low, high, reverse, overlay)
+        return self.database.store.scan_chunks(low, high, reverse, overlay, first)
 
     def get(self, key: bytes) -> bytes | None:
         txn = self.transaction

@@ -267,15 +267,19 @@ class Store:
         high: bytes | None,
         reverse: bool = False,
         overlay: SortedDict | None = None,
+        first: int = 16,
     ) -> Iterator[list[Entry]]:
         """`scan` as non-empty lists of entries, so that callers step through a list
-        instead of a generator chain per row."""
-        sources = [(self._run_chunks(run, low, high, reverse), run.tombstones) for run in self.runs]
+        instead of a generator chain per row; slices start at `first` entries (a skip
+        scan, which seeks again after each first chunk, wants them whole)."""
+        sources = [
+            (self._run_chunks(run, low, high, reverse, first), run.tombstones) for run in self.runs
+        ]
         memtable = self.memtable
         start = memtable.bisect_left(low)
         end = len(memtable) if high is None else memtable.bisect_left(high)
         if start < end:
-            sources.insert(0, (self._memtable_chunks(start, end, reverse), True))
+            sources.insert(0, (self._memtable_chunks(start, end, reverse, first), True))
         if overlay:
             own = [(k, overlay[k]) for k in overlay.irange(low, high, (True, False))]
             if reverse:
@@ -284,28 +288,28 @@ class Store:
                 sources.insert(0, (iter([own]), True))
         return _merged(sources, reverse, drop_tombstones=True)
 
-    def _run_chunks(self, run: Run, low: bytes, high: bytes | None, reverse: bool):
+    def _run_chunks(self, run: Run, low: bytes, high: bytes | None, reverse: bool, first=16):
         """The run's entries in [low, high), each block's slice in pieces that grow from
         16 entries (_slices): a LIMIT 1 copies a few entries, not a block."""
         fences = run.fences
-        first = max(0, bisect.bisect_right(fences, low) - 1)
+        lowest = max(0, bisect.bisect_right(fences, low) - 1)
         last = len(fences) if high is None else bisect.bisect_left(fences, high)
-        positions = range(first, last)
+        positions = range(lowest, last)
         for position in reversed(positions) if reverse else positions:
             block = self._block(run.names[position])
             keys, values = block.keys, block.values
             start = bisect.bisect_left(keys, low)
             end = len(keys) if high is None else bisect.bisect_left(keys, high)
-            for i, j in _slices(start, end, reverse):
+            for i, j in _slices(start, end, reverse, first):
                 chunk = list(zip(keys[i:j], values[i:j], strict=True))
                 if reverse:
                     chunk.reverse()
                 yield chunk
 
-    def _memtable_chunks(self, start: int, end: int, reverse: bool):
+    def _memtable_chunks(self, start: int, end: int, reverse: bool, first: int = 16):
         """Memtable positions start..end in slices (_slices), deletes as None."""
         keys, values = self.memtable.keys(), self.memtable.values()
-        for i, j in _slices(start, end, reverse):
+        for i, j in _slices(start, end, reverse, first):
             chunk = [(k, v[1]) for k, v in zip(keys[i:j], values[i:j], strict=True)]
             if reverse:
                 chunk.reverse()
@@ -479,10 +483,10 @@ class Store:
         }
 
 
-def _slices(start: int, end: int, reverse: bool) -> Iterator[tuple[int, int]]:
-    """[i, j) pieces of start..end from the front (or the back), 16 positions first and
-    growing to CHUNK: a LIMIT 1 query copies 16 entries, a full scan big slices."""
-    step = min(16, CHUNK)
+def _slices(start: int, end: int, reverse: bool, first: int = 16) -> Iterator[tuple[int, int]]:
+    """[i, j) pieces of start..end from the front (or the back), `first` positions first
+    and growing to CHUNK: a LIMIT 1 query copies 16 entries, a full scan big slices."""
+    step = min(first, CHUNK)
     if reverse:
         while end > start:
             yield max(start, end - step), end

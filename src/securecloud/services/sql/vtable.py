@@ -28,6 +28,7 @@ from securecloud.services.sql.keys import (
     prefix_end,
 )
 from securecloud.services.sql.rows import coerce
+from securecloud.services.sql.storage import CHUNK
 
 if TYPE_CHECKING:
     from securecloud.services.sql.engine import Session
@@ -253,7 +254,7 @@ class Cursor:
         end, position = prefix_end(base), base
         first = len(base)
         while True:
-            chunk = next(iter(self.session.scan_chunks(position, end)), None)
+            chunk = next(iter(self.session.scan_chunks(position, end, first=CHUNK)), None)
             if chunk is None:
                 return
             kept, i, last = [], 0, len(chunk)
