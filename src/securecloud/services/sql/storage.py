@@ -458,12 +458,10 @@ class Store:
             self.objects.batch([Op(n, None) for n in names[start : start + BATCH_LIMIT]])
 
     def _drop_log(self, after: int, upto: int) -> None:
-        names = [f"wal/{seq:016d}" for seq in range(after + 1, upto + 1)]
-        for start in range(0, len(names), BATCH_LIMIT):
-            try:
-                self.objects.batch([Op(n, None) for n in names[start : start + BATCH_LIMIT]])
-            except Exception as exc:  # the manifest moved past them: only garbage remains
-                log.warning("could not delete old log records: %s", exc)
+        try:
+            self._delete([f"wal/{seq:016d}" for seq in range(after + 1, upto + 1)])
+        except Exception as exc:  # the manifest moved past them: only garbage remains
+            log.warning("could not delete old log records: %s", exc)
 
     def stats(self) -> dict:
         return {
