@@ -1,6 +1,7 @@
 -- On a map miss, ask the Routing Manager where a consumer's connection goes.
--- The manager allocates a Ready instance (or answers 503: the connection is
--- then rejected). It also adds the route to HAProxy's map, so the consumer's
+-- The manager allocates a Ready instance, waiting a few seconds for one being
+-- started if none is Ready (past that it answers 503: the connection is then
+-- rejected). It also adds the route to HAProxy's map, so the consumer's
 -- next connections take the fast path.
 
 local manager = os.getenv("PORTAL_MANAGER")

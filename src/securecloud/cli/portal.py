@@ -63,6 +63,14 @@ def serve(
         int, typer.Option(help="trivial: instances to keep running (one per consumer).", min=0)
     ] = 0,
     buffer: Annotated[int, typer.Option(help="standby: Ready instances to keep.", min=0)] = 2,
+    ready_wait: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a LOGIN that finds no Ready instance waits for one being started "
+            "(0: refuse it at once; the client connects again).",
+            min=0,
+        ),
+    ] = 5.0,
     host: Annotated[str, typer.Option(help="Address of the router and the APIs.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="SNI router port (TLS passes through).")] = 8443,
     manager_port: Annotated[int, typer.Option(help="Routing Manager API port.")] = 8095,
@@ -101,6 +109,7 @@ def serve(
         wrapper_port,
         session_ttl=session_ttl,
         reuse=reuse,
+        ready_wait=ready_wait,
         haproxy_socket=haproxy_socket,
         haproxy_map=haproxy_map,
     )

@@ -1,10 +1,11 @@
 """The Routing Manager's allocation rules, on its state alone."""
 
+import asyncio
 import time
 
 import pytest
 
-from securecloud.apps.portal.routing import Report, RoutingTable
+from securecloud.apps.portal.routing import NoInstance, Report, RoutingManager, RoutingTable
 
 
 def report(*instances, wrapper="w1", full=False, url=None) -> Report:
@@ -58,6 +59,41 @@ def test_an_allocation_nobody_logs_into_returns_to_ready():
     table.report(report(full=False))
     assert table.instances["a"].state == "ready" and released == ["c1"]
     assert table.lookup("c2").id == "a"
+
+
+def test_a_login_that_finds_none_ready_waits_for_the_next_start_and_takes_it():
+    async def scenario():
+        manager = RoutingManager(RoutingTable("standby", buffer=1), ready_wait=5.0)
+        await manager.report(report(("a", "starting", None)))
+        waiting = asyncio.create_task(manager.route("c1"))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # nothing Ready yet: the query waits, it is not refused
+        started = time.monotonic()
+        await manager.report(report(("a", "ready", None)))
+        record = await asyncio.wait_for(waiting, 1.0)
+        woke_after = time.monotonic() - started
+        await manager.http.aclose()
+        return record, woke_after
+
+    record, woke_after = asyncio.run(scenario())
+    assert record.id == "a" and record.uid == "c1" and record.state == "allocated"
+    assert woke_after < 0.5  # woken by the report, not by a poll or the deadline
+
+
+def test_without_a_wait_or_past_it_a_login_is_refused_with_no_instance():
+    async def scenario(wait: float):
+        manager = RoutingManager(RoutingTable("standby", buffer=1), ready_wait=wait)
+        await manager.report(report(("a", "starting", None)))
+        started = time.monotonic()
+        try:
+            with pytest.raises(NoInstance):
+                await manager.route("c1")
+        finally:
+            await manager.http.aclose()
+        return time.monotonic() - started
+
+    assert asyncio.run(scenario(0.0)) < 0.1
+    assert 0.2 <= asyncio.run(scenario(0.2)) < 1.0
 
 
 def test_a_restarted_manager_rebuilds_its_state_from_full_reports():

@@ -209,9 +209,10 @@ class RoutingTable:
 
 
 class RoutingManager:
-    def __init__(self, table: RoutingTable, start_timeout: float = 30.0):
+    def __init__(self, table: RoutingTable, start_timeout: float = 30.0, ready_wait: float = 5.0):
         self.table = table
         self.start_timeout = start_timeout
+        self.ready_wait = ready_wait  # a miss waits this long for an instance being started
         self.http = httpx.AsyncClient(timeout=10.0)
 
     async def start_instances(self, count: int) -> int:
@@ -239,6 +240,10 @@ class RoutingManager:
             record = self.table.lookup(uid)
             if record is None and self.table.mode == "on-demand":
                 record = await self._start_for(uid)
+            elif record is None and self.ready_wait > 0:
+                ALLOCATIONS.labels("waited").inc()
+                await self.refill()
+                record = await self._wait_for(uid, self.ready_wait)
             if record is None:
                 ALLOCATIONS.labels("none-free").inc()
                 raise NoInstance(f"no instance is free for {uid}; try again shortly")
@@ -252,7 +257,11 @@ class RoutingManager:
         """On-demand: ask a wrapper for an instance, wait until one is Ready, take it."""
         if not await self.start_instances(1):
             return None
-        deadline = time.monotonic() + self.start_timeout
+        return await self._wait_for(uid, self.start_timeout)
+
+    async def _wait_for(self, uid: str, timeout: float) -> InstanceRecord | None:
+        """Wait until an instance is Ready for `uid` (reports wake us), then take it."""
+        deadline = time.monotonic() + timeout
         async with self.table.changed:
             while (record := self.table.lookup(uid)) is None:
                 left = deadline - time.monotonic()

@@ -56,6 +56,7 @@ class PortalConfig:
     reuse: bool = False
     report_interval: float = 5.0
     claim_timeout: float = 30.0  # an allocation nobody logs into is given back after this
+    ready_wait: float = 5.0  # a LOGIN that finds none Ready waits this long for a start
     haproxy_socket: Path | None = None
     haproxy_map: Path | None = None
     kvs_url: str | None = None
@@ -73,6 +74,8 @@ class Portal:
             raise ValueError("consumers: trivial mode runs one instance per consumer (>= 1)")
         if c.buffer < 0:
             raise ValueError("buffer: must be >= 0")
+        if c.ready_wait < 0:
+            raise ValueError("ready_wait: must be >= 0 seconds")
         self.table = RoutingTable(
             c.mode, c.buffer if c.mode == "standby" else 0, claim_timeout=c.claim_timeout
         )
@@ -84,7 +87,7 @@ class Portal:
                 lambda uid, addr: routes.set(server_name(uid, c.domain), addr)
             )
             self.table.release_hooks.append(lambda uid: routes.remove(server_name(uid, c.domain)))
-        self.manager = RoutingManager(self.table)
+        self.manager = RoutingManager(self.table, ready_wait=c.ready_wait)
         self.config_id: str | None = None
         dynamic = c.mode != "trivial"
         self.wrapper = Wrapper(
