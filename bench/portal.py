@@ -50,6 +50,7 @@ from securecloud.apps.portal.haproxy import start_haproxy
 from securecloud.apps.portal.names import consumer_uids
 from securecloud.apps.portal.provision import consumer_dir, provision
 from securecloud.apps.portal.service import BackgroundPortal, PortalConfig
+from securecloud.apps.portal.wrapper import START_SECONDS
 from securecloud.cli.common import service_url
 from securecloud.cli.kvs import _client
 from securecloud.infra.supervisor import Supervisor, free_port
@@ -72,6 +73,15 @@ class Cell:
         self.errors: dict[str, int] = {}
         self.memory_kb: list[int] = []
         self.instances: list[int] = []
+        self.starts: tuple[float, float] = (0.0, 0.0)  # instance starts: count, seconds
+
+
+def start_totals() -> tuple[float, float]:
+    """(count, seconds) of instance starts so far, from the wrapper's histogram."""
+    found = {s.name: s.value for m in START_SECONDS.collect() for s in m.samples}
+    return found["securecloud_portal_instance_start_seconds_count"], found[
+        "securecloud_portal_instance_start_seconds_sum"
+    ]
 
 
 async def login(session: PortalSession, cell: Cell, patience: float = 60.0) -> None:
@@ -134,6 +144,7 @@ def run_cell(portal, creds, active, duration, frequency, write_ratio, cell_s, se
     sampler.start()
     rng = random.Random(seed)
     chosen = rng.sample(creds, active)
+    before = start_totals()
 
     async def main():
         ends = time.monotonic() + cell_s
@@ -156,6 +167,8 @@ def run_cell(portal, creds, active, duration, frequency, write_ratio, cell_s, se
     asyncio.run(main())
     stop.set()
     sampler.join()
+    after = start_totals()
+    cell.starts = (after[0] - before[0], after[1] - before[1])
     return cell
 
 
@@ -314,6 +327,8 @@ def main() -> None:
                                 key,
                                 {op: stats(v).get("p99_ms") for op, v in cell.samples.items()},
                                 f"mem {statistics.fmean(cell.memory_kb or [0]) / 1024:.0f} MiB",
+                                f"starts {cell.starts[0]:.0f} "
+                                f"(mean {cell.starts[1] / max(1, cell.starts[0]):.2f} s)",
                                 cell.errors or "",
                                 flush=True,
                             )
@@ -353,6 +368,8 @@ def main() -> None:
             "errors": c.errors,
             "memory_mib": round(statistics.fmean(c.memory_kb or [0]) / 1024, 1),
             "instances_mean": round(statistics.fmean(c.instances or [0]), 1),
+            "instance_starts": int(c.starts[0]),
+            "instance_start_mean_s": round(c.starts[1] / c.starts[0], 2) if c.starts[0] else None,
         }
         for k, c in cells.items()
     }
