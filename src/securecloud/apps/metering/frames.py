@@ -247,6 +247,14 @@ def ack_identity(fields: bytes) -> tuple[int, int]:
     return meter_id, invocation
 
 
+_DOWNLINK_KINDS = {
+    ACCEPT: (Accept, _ACCEPT),
+    ACK: (Ack, _ACK),
+    NACK: (Nack, _NACK),
+    COMMAND: (Command, _COMMAND),
+}
+
+
 def decode_uplink(frame: bytes) -> Hello | Data:
     code = code_of(frame)
     if code == DATA:
@@ -260,13 +268,11 @@ def decode_uplink(frame: bytes) -> Hello | Data:
 
 def decode_downlink(frame: bytes) -> Accept | Ack | Nack | Command:
     code = code_of(frame)
-    kinds = {ACCEPT: (Accept, _ACCEPT), ACK: (Ack, _ACK), NACK: (Nack, _NACK)}
-    kinds[COMMAND] = (Command, _COMMAND)
-    if code not in kinds:
+    if code not in _DOWNLINK_KINDS:
         if len(frame) != DOWNLINK_SIZE:
             raise FrameError("length", f"{len(frame)} bytes (expected {DOWNLINK_SIZE})")
         raise FrameError("unknown-code", f"downlink frame code 0x{code & 0xFF:02x}")
-    kind, layout = kinds[code]
+    kind, layout = _DOWNLINK_KINDS[code]
     return kind(*check(frame, DOWNLINK_SIZE, layout)[1:])
 
 
