@@ -204,3 +204,35 @@ def test_stored_reading_verifies_against_its_signed_batch_and_tampering_does_not
         store.verify_segment(bytes(segment), [signing.public_key()])
     with pytest.raises(SignatureError):
         store.verify_segment(storage.objects[key], [generate_signing_key("p256").public_key()])
+
+
+def _leaf_key(leaf: bytes) -> tuple:
+    """The batch order written out per leaf: (group, day, meter, counter)."""
+    meter = int.from_bytes(leaf[:4], "big")
+    day, _interval, _offset = store.day_of(int.from_bytes(leaf[8:12], "big"))
+    return (store.group_of(meter), day, meter, int.from_bytes(leaf[4:8], "big"))
+
+
+def test_batch_leaves_sort_into_one_record_range_per_segment():
+    rng = np.random.default_rng(5)
+    midnight = int(dt.datetime(2026, 3, 2, tzinfo=dt.UTC).timestamp())
+    leaves = []
+    for _ in range(600):
+        meter = int(rng.choice([1, 2, 4095, 4096, 4097, 9000]))
+        # interval ends over three days, clock offsets up to +-450 s (the rounding edge)
+        stamp = midnight + int(rng.integers(1, 3 * 96 + 1)) * 900 + int(rng.integers(-450, 451))
+        head = b"".join(v.to_bytes(4, "big") for v in (meter, int(rng.integers(1, 1 << 31)), stamp))
+        leaves.append(head + rng.bytes(store.LEAF_SIZE - 12))
+    ordered = store.order_leaves(leaves)
+    assert ordered == sorted(leaves, key=_leaf_key)
+    slots = store.leaf_slots(ordered)
+    assert [lo for _s, lo, _h in slots] == [0] + [hi for _s, _l, hi in slots[:-1]]
+    assert slots[-1][2] == len(ordered)
+    assert len({slot for slot, _l, _h in slots}) == len(slots) > 6  # one range per segment
+    for (day, group), lo, hi in slots:
+        assert {_leaf_key(leaf)[:2] for leaf in ordered[lo:hi]} == {(group, day)}
+    records = store.encode_records(42, ordered)
+    size = store.RECORD_SIZE
+    for index, leaf in enumerate(ordered):
+        expected = (42).to_bytes(4, "big") + index.to_bytes(4, "big") + leaf
+        assert records[index * size : (index + 1) * size] == expected

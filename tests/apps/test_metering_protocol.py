@@ -1,6 +1,7 @@
 """Meter frames and the suite-1 recipe: layouts, test vectors, tampering, fuzzing."""
 
 import contextlib
+import dataclasses
 import datetime as dt
 
 import numpy as np
@@ -11,7 +12,16 @@ from hypothesis import strategies as st
 from securecloud.apps.metering import frames
 from securecloud.apps.metering.meter import MeterSession
 from securecloud.apps.metering.model import consumer_for, day_readings
-from securecloud.apps.metering.reading import SIZE, Reading
+from securecloud.apps.metering.reading import (
+    LOW_VOLTAGE,
+    LOW_VOLTAGE_3P,
+    PHASE_FIELDS,
+    SIZE,
+    Reading,
+    decode_many,
+    implausible_many,
+    register_implausible,
+)
 from securecloud.crypto import suite1
 from securecloud.crypto.errors import IntegrityError, SignatureError
 
@@ -139,3 +149,55 @@ def test_downlink_round_trips(meter, counter, byte):
         frames.Command(meter, b"\x05" * 8, counter, byte, b"\x07" * 16),
     ):
         assert frames.decode_downlink(frame.encode()) == frame
+
+
+def _phase(reading: Reading, index: int, **values) -> Reading:
+    fields = dict(zip(PHASE_FIELDS, reading.phases[index], strict=True)) | values
+    phases = list(reading.phases)
+    phases[index] = tuple(fields[name] for name in PHASE_FIELDS)
+    return dataclasses.replace(reading, phases=tuple(phases))
+
+
+def test_each_physical_check_names_its_reason_and_the_first_failure_wins():
+    consumer = dataclasses.replace(consumer_for(1, 7), meter_class="lv3")
+    honest, _ = day_readings(consumer, dt.date(2026, 3, 2), 1, 0.0, np.random.default_rng(0))
+    r = honest[40]
+    volts, amps, _angle, active, _q, pf, _thd = r.phases[1]
+    cases = [
+        (r, LOW_VOLTAGE_3P, None),
+        (dataclasses.replace(r, demand=float("nan")), LOW_VOLTAGE_3P, "not-finite"),
+        (_phase(r, 2, angle=float("inf")), LOW_VOLTAGE_3P, "not-finite"),
+        (dataclasses.replace(r, frequency=56.5), LOW_VOLTAGE_3P, "frequency-out-of-range"),
+        (r, LOW_VOLTAGE, "unused-phase-not-zero"),  # three phases measured on a 1-phase meter
+        (_phase(r, 1, voltage=90.0), LOW_VOLTAGE_3P, "voltage-out-of-range"),
+        (_phase(r, 1, current=130.0), LOW_VOLTAGE_3P, "current-out-of-range"),
+        (_phase(r, 1, pf=1.2), LOW_VOLTAGE_3P, "power-factor-out-of-range"),
+        (_phase(r, 1, thd=101.0), LOW_VOLTAGE_3P, "thd-out-of-range"),
+        (_phase(r, 1, active=2 * active + 10), LOW_VOLTAGE_3P, "power-inconsistent"),
+        # phase 0's voltage is checked before phase 1's current, frequency before both
+        (_phase(_phase(r, 1, current=-1.0), 0, voltage=0.0), LOW_VOLTAGE_3P,
+         "voltage-out-of-range"),
+        (dataclasses.replace(_phase(r, 0, voltage=0.0), frequency=70.0), LOW_VOLTAGE_3P,
+         "frequency-out-of-range"),
+        # a disconnected load may show 0 V
+        (dataclasses.replace(_phase(r, 0, voltage=0.0, current=0.0, active=0.0), flags=0),
+         LOW_VOLTAGE_3P, None),
+    ]  # fmt: skip
+    reports = decode_many([reading.encode() for reading, _m, _e in cases])
+    assert implausible_many(reports, [m for _r, m, _e in cases]) == [e for _r, _m, e in cases]
+    assert volts * amps * pf == pytest.approx(active, rel=0.05, abs=5)
+    assert implausible_many(decode_many([]), []) == []
+
+
+def test_the_energy_register_may_not_fall_or_rise_faster_than_the_supply_allows():
+    most = 3 * 1.2 * 127.0 * 120.0 * 900 / 3600  # Wh one interval can deliver on lv3
+    assert register_implausible(12, 5_000, LOW_VOLTAGE_3P, None) is None
+    assert register_implausible(12, 5_000, LOW_VOLTAGE_3P, (11, 5_000)) is None
+    assert register_implausible(12, 4_999, LOW_VOLTAGE_3P, (11, 5_000)) == (
+        "energy-register-decreased"
+    )
+    assert register_implausible(12, 5_000 + int(most), LOW_VOLTAGE_3P, (11, 5_000)) is None
+    assert register_implausible(12, 5_000 + int(1.1 * most), LOW_VOLTAGE_3P, (11, 5_000)) == (
+        "energy-step-too-large"
+    )
+    assert register_implausible(14, 5_000 + int(2 * most), LOW_VOLTAGE_3P, (11, 5_000)) is None

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from securecloud.apps.metering import frames, store
 from securecloud.apps.metering.ownership import Ownership
-from securecloud.apps.metering.reading import Reading, implausible
+from securecloud.apps.metering.reading import decode_many, implausible_many, register_implausible
 from securecloud.apps.metering.registry import Registry
 from securecloud.crypto import MerkleTree, sign, suite1
 from securecloud.crypto.errors import CryptoError
@@ -121,6 +121,19 @@ class Detached:
     state: bytes | None  # checkpoint to write after the segments
 
 
+def _checked(plains: list[bytes], records: list) -> zip:
+    """(counter, timestamp, energy Wh, implausible_many's reason) of each report,
+    all checked in one pass; `records` are the meters' registry records."""
+    reports = decode_many(plains)
+    return zip(
+        reports["counter"].tolist(),
+        reports["timestamp"].tolist(),
+        reports["energy"].tolist(),
+        implausible_many(reports, [record.supply for record in records]),
+        strict=True,
+    )
+
+
 class Authenticator:
     def __init__(
         self,
@@ -168,13 +181,26 @@ class Authenticator:
 
     # -- processing ------------------------------------------------------------------
     def process(self, batch: list[bytes], now: int | None = None) -> Outcome:
+        """Open each frame (decode, check, decrypt), check the values of all its
+        reports at once, then take the reports in frame order."""
         now = int(time.time()) if now is None else now
         out = Outcome(replies=[[] for _ in batch])
+        opened = []
         for i, frame in enumerate(batch):
             try:
-                self._one(i, frame, now, out)
+                data = self._open(i, frame, now, out)
             except frames.FrameError as exc:
                 self._refuse(out, i, frame, exc.reason)
+                continue
+            if data is not None:
+                opened.append(data)
+        if not opened:
+            return out
+        fields = _checked(
+            [plain for *_rest, plain in opened], [record for _i, _m, record, *_r in opened]
+        )
+        for (i, message, record, keys, state, plain), report in zip(opened, fields, strict=True):
+            self._answer(i, message, record, keys, state, plain, report, out)
         return out
 
     def _refuse(self, out: Outcome, i: int, frame: bytes, reason: str) -> None:
@@ -198,7 +224,9 @@ class Authenticator:
             state = self.meters[meter_id] = MeterState()
         return state
 
-    def _one(self, i: int, frame: bytes, now: int, out: Outcome) -> None:
+    def _open(self, i: int, frame: bytes, now: int, out: Outcome) -> tuple | None:
+        """A DATA frame's (i, message, record, keys, state, plaintext), its invocation
+        counter taken; None for a HELLO (answered here)."""
         message = frames.decode_uplink(frame)
         if not self.ownership.owns(message.meter_id):
             raise frames.FrameError("not-owner", f"meter {message.meter_id} is another's")
@@ -209,7 +237,7 @@ class Authenticator:
             raise frames.FrameError("revoked-meter", f"meter {message.meter_id}")
         if isinstance(message, frames.Hello):
             self._hello(i, frame, message, record, now, out)
-            return
+            return None
         keys = self._session(message.meter_id, record, message.session_id)
         state = self.meters.get(message.meter_id)
         if state is not None and message.invocation <= state.last_invocation:
@@ -219,18 +247,22 @@ class Authenticator:
                 keys,
                 frames.system_title(message.meter_id),
                 message.invocation,
-                message.header(),
+                frame[: frames.DATA_HEADER_SIZE],  # = message.header(), already checked
                 message.sealed,
             )
         except CryptoError as exc:
             raise frames.FrameError("auth-failed", str(exc)) from exc
-        report = Reading.decode(plain)
         state = self._touch(out, message.meter_id)
         state.last_invocation = message.invocation
         out.invocations[message.meter_id] = message.invocation
+        return i, message, record, keys, state, plain
+
+    def _answer(self, i, message, record, keys, state, plain, report, out) -> None:
+        """Take an opened report and queue its ACK (and any pending load command)."""
+        counter = report[0]
         status = self._take(message.meter_id, state, report, plain, message.invocation, record, out)
         ack = frames.ack_fields(
-            message.meter_id, message.session_id, message.invocation, report.counter, status
+            message.meter_id, message.session_id, message.invocation, counter, status
         )
         out.pending_acks.append((i, ack, keys))
         command = self.commands.pop(message.meter_id, None)
@@ -244,7 +276,8 @@ class Authenticator:
             self.counts["commands_sent"] += 1
 
     def _take(self, meter_id, state, report, plain, invocation, record, out) -> int:
-        counter = report.counter
+        """`report`: (counter, timestamp, energy Wh, implausible_many's reason)."""
+        counter, timestamp, energy_wh, static_reason = report
         late = state.missing is not None and counter in state.missing
         if counter <= state.last_report and not late:
             state.duplicates += 1
@@ -252,17 +285,18 @@ class Authenticator:
             if state.quarantined_counters and counter in state.quarantined_counters:
                 return frames.QUARANTINED  # stored, but in quarantine: say so again
             return frames.DUPLICATE
-        _day, _index, offset = store.day_of(report.timestamp)
-        reason = None
+        _day, _index, offset = store.day_of(timestamp)
         if abs(offset) > MAX_CLOCK_OFFSET_S:
             reason = "clock-offset"
+        elif static_reason is not None:
+            reason = static_reason
         else:
             previous = (
                 None
                 if late or state.last_energy is None
                 else (state.last_report, state.last_energy)
             )
-            reason = implausible(report, record.supply, previous)
+            reason = register_implausible(counter, energy_wh, record.supply, previous)
         if reason is not None:
             state.quarantined += 1
             self.counts[f"quarantined:{reason}"] += 1
@@ -286,7 +320,7 @@ class Authenticator:
                 state.missing = None
         else:
             self._advance(state, counter)
-            state.last_energy = report.energy_wh
+            state.last_energy = energy_wh
         state.accepted += 1
         self.counts["accepted"] += 1
         out.leaves.append(meter_id.to_bytes(4, "big") + plain)
@@ -347,7 +381,7 @@ class Authenticator:
 
     def _write_batch(self, out: Outcome, created: float) -> None:
         seq = self.seq + 1
-        leaves = sorted(out.leaves, key=store.leaf_order)  # one range per segment
+        leaves = store.order_leaves(out.leaves)  # one range per segment
         tree = MerkleTree.from_leaves(leaves)
         header = {
             "authenticator": self.name,
@@ -367,23 +401,16 @@ class Authenticator:
 
     def _remember(self, header: dict, tree: MerkleTree, leaves: list[bytes]) -> None:
         """File a stored batch's readings under their (day, group) slots; the leaves
-        are in store.leaf_order, so each slot takes one range, proved by one range proof."""
+        are in store.order_leaves order, so each slot takes one range of records,
+        proved by one range proof."""
         seq = header["seq"]
         self._roots[seq] = store.signed_root(header)
-        slot, start = None, 0
-        for index, leaf in enumerate(leaves):
-            meter_id = int.from_bytes(leaf[:4], "big")
-            day, _interval, _offset = store.day_of(int.from_bytes(leaf[8:12], "big"))
-            here = (day, store.group_of(meter_id))
-            if here != slot:
-                if slot is not None:
-                    self._close(slot, seq, start, index, tree)
-                slot, start = here, index
-            record = store.encode_record(meter_id, seq, index, leaf[4:])
-            self._table[here].append(record)
-            self._table_bytes += len(record)
-        if slot is not None:
-            self._close(slot, seq, start, len(leaves), tree)
+        records = store.encode_records(seq, leaves)
+        for slot, lo, hi in store.leaf_slots(leaves):
+            chunk = records[lo * store.RECORD_SIZE : hi * store.RECORD_SIZE]
+            self._table[slot].append(chunk)  # records back to back: segments join them
+            self._table_bytes += len(chunk)
+            self._close(slot, seq, lo, hi, tree)
 
     def _close(self, slot: tuple, seq: int, lo: int, hi: int, tree: MerkleTree) -> None:
         proof = tuple(tree.range_proof(lo, hi))
@@ -503,11 +530,12 @@ class Authenticator:
 
     def _replay(self, header: dict, leaves: list[bytes]) -> None:
         out = Outcome(replies=[])
-        for leaf in leaves:
-            meter_id = int.from_bytes(leaf[:4], "big")
-            report = Reading.decode(leaf[4:])
+        meter_ids = [int.from_bytes(leaf[:4], "big") for leaf in leaves]
+        records = [self.registry.get(meter_id) for meter_id in meter_ids]
+        fields = _checked([leaf[4:] for leaf in leaves], records)
+        for meter_id, record, leaf, report in zip(meter_ids, records, leaves, fields, strict=True):
             state = self.meters.setdefault(meter_id, MeterState())
-            self._take(meter_id, state, report, leaf[4:], 0, self.registry.get(meter_id), out)
+            self._take(meter_id, state, report, leaf[4:], 0, record, out)
         for q in header["quarantine"]:
             state = self.meters.setdefault(q["meter"], MeterState())
             state.quarantined += 1

@@ -35,14 +35,13 @@ def decode(message: bytes, frame_size: int) -> tuple[int, list[tuple[int, bytes]
     return batch_id, _entries(length, memoryview(message)[_HEAD.size :], frame_size)
 
 
+_ENTRY = {size: struct.Struct(f">I{size}s") for size in (UPLINK_SIZE, DOWNLINK_SIZE)}
+
+
 def _entries(length: int, body, frame_size: int) -> list[tuple[int, bytes]]:
     if length < 4 or length > MAX_MESSAGE or (length - 4) % (4 + frame_size):
         raise ValueError(f"link message of {length} bytes")
-    step = 4 + frame_size
-    return [
-        (int.from_bytes(body[i : i + 4], "big"), bytes(body[i + 4 : i + step]))
-        for i in range(0, len(body), step)
-    ]
+    return list(_ENTRY[frame_size].iter_unpack(body))
 
 
 async def read(

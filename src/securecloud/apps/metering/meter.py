@@ -33,6 +33,7 @@ class MeterSession:
     last_command: int = 0
     _static: bytes | None = field(default=None, repr=False)
     _hello: bytes | None = field(default=None, repr=False)
+    _data_header: bytes = field(default=b"", repr=False)  # of this session's DATA frames
 
     @property
     def system_title(self) -> bytes:
@@ -61,6 +62,7 @@ class MeterSession:
             self._static = suite1.static_secret(self.key, self.authenticator_key)
         self.session_id = accept.session_id
         self.keys = suite1.session_keys(self._static, accept.session_id, self.meter_id)
+        self._data_header = frames.data_header(self.meter_id, accept.session_id)
         # After a meter reset the platform may know higher counters than we do.
         self.next_invocation = max(self.next_invocation, accept.last_invocation + 1)
         self._hello = None
@@ -71,8 +73,9 @@ class MeterSession:
             raise MeterProtocolError("no session: handshake first")
         invocation = self.next_invocation
         self.next_invocation += 1
-        header = frames.Data(self.meter_id, self.session_id, invocation, b"").header()
-        sealed = suite1.encrypt_frame(self.keys, self.system_title, invocation, header, report)
+        sealed = suite1.encrypt_frame(
+            self.keys, self.system_title, invocation, self._data_header, report
+        )
         return invocation, frames.Data(self.meter_id, self.session_id, invocation, sealed).encode()
 
     def check_ack(self, ack: frames.Ack) -> None:

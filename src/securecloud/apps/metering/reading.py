@@ -21,6 +21,8 @@ import math
 import struct
 from dataclasses import dataclass
 
+import numpy as np
+
 LAYOUT = struct.Struct(">IIB21f5fQ")
 SIZE = LAYOUT.size
 INTERVAL_S = 900
@@ -50,7 +52,7 @@ OBIS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: decoded once per report, and frozen costs 5x to build
 class Reading:
     counter: int
     timestamp: int
@@ -116,46 +118,88 @@ MEDIUM_VOLTAGE = MeterClass(13800.0 / math.sqrt(3), 3, 400.0)
 METER_CLASSES = {"lv1": LOW_VOLTAGE, "lv3": LOW_VOLTAGE_3P, "mv3": MEDIUM_VOLTAGE}
 
 
-def implausible(
-    reading: Reading, meter: MeterClass, previous: tuple[int, int] | None = None
-) -> str | None:
-    """The reason a reading cannot be physical for this meter, or None.
+REPORT_DTYPE = np.dtype(
+    [("counter", ">u4"), ("timestamp", ">u4"), ("flags", "u1"), ("phases", ">f4", (3, 7)),
+     ("totals", ">f4", (5,)), ("energy", ">u8")]
+)  # fmt: skip  # LAYOUT as a NumPy record; totals: active, reactive, pf, frequency, demand
+assert REPORT_DTYPE.itemsize == SIZE
 
-    Ranges: voltage within +-20 % of nominal on live phases (0 allowed when the
-    load is disconnected), current 0..max, |pf| <= 1, THD 0..100 %, frequency
-    57-63 Hz (Brazil's 60 Hz grid, PRODIST limits widened), per-phase
-    P = V*I*pf within 5 % (+ 5 W), energy register monotonic and its step at
-    most what the meter's maximum power could deliver in the intervals since
-    the previous stored reading.
+_PHASE_CHECKS = (
+    "unused-phase-not-zero",
+    "voltage-out-of-range",
+    "current-out-of-range",
+    "power-factor-out-of-range",
+    "thd-out-of-range",
+    "power-inconsistent",
+)
+REASONS = ("not-finite", "frequency-out-of-range", *_PHASE_CHECKS * 3)  # in checking order
+
+
+def decode_many(reports: list[bytes]) -> np.ndarray:
+    """Encoded reports (SIZE bytes each) as one REPORT_DTYPE array."""
+    return np.frombuffer(b"".join(reports), dtype=REPORT_DTYPE)
+
+
+def implausible_many(reports: np.ndarray, meters: list[MeterClass]) -> list[str | None]:
+    """For each report (decode_many) and the class of its meter, the reason it
+    cannot be physical on its own, or None; the first failing check in REASONS.
+
+    Ranges: values finite; frequency 57-63 Hz (Brazil's 60 Hz grid, PRODIST
+    limits widened); unused phases all zero; on live phases voltage within
+    +-20 % of nominal (0 allowed when the load is disconnected), current
+    0..max, |pf| <= 1, THD 0..100 %, P = V*I*pf within 5 % (+ 5 W). One pass
+    of array operations per batch: per report in Python it cost the
+    authenticator a tenth of its time. `register_implausible` adds the check
+    against the meter's previous reading.
     """
-    # Values come from float32, so a sum of them overflows only if one is inf or nan.
-    totals = (reading.total_active, reading.total_reactive, reading.total_pf, reading.frequency)
-    if not math.isfinite(sum(map(sum, reading.phases)) + sum(totals) + reading.demand):
-        return "not-finite"
-    if not 57.0 <= reading.frequency <= 63.0:
-        return "frequency-out-of-range"
-    connected = bool(reading.flags & FLAG_LOAD_CONNECTED)
-    for index, (volts, amps, _angle, active, _reactive, pf, thd) in enumerate(reading.phases):
-        live = index < meter.phases
-        if not live:
-            if volts != 0 or amps != 0:
-                return "unused-phase-not-zero"
-            continue
-        if connected and not 0.8 * meter.nominal_voltage <= volts <= 1.2 * meter.nominal_voltage:
-            return "voltage-out-of-range"
-        if not 0.0 <= amps <= meter.max_current:
-            return "current-out-of-range"
-        if not -1.0 <= pf <= 1.0:
-            return "power-factor-out-of-range"
-        if not 0.0 <= thd <= 100.0:
-            return "thd-out-of-range"
-        if abs(active - volts * amps * pf) > 0.05 * abs(active) + 5.0:
-            return "power-inconsistent"
-    if previous is not None:  # (counter, energy_wh) of the meter's latest stored reading
-        intervals, step = reading.counter - previous[0], reading.energy_wh - previous[1]
-        if intervals > 0 and step < 0:
-            return "energy-register-decreased"
-        most = meter.phases * 1.2 * meter.nominal_voltage * meter.max_current * INTERVAL_S / 3600
-        if intervals > 0 and step > most * 1.05 * intervals:
-            return "energy-step-too-large"
+    if len(reports) == 0:
+        return []
+    phases = reports["phases"].astype(np.float64)  # [n, phase, field]
+    totals = reports["totals"].astype(np.float64)
+    nominal = np.array([m.nominal_voltage for m in meters])[:, None]
+    max_current = np.array([m.max_current for m in meters])[:, None]
+    live = np.arange(3) < np.array([m.phases for m in meters])[:, None]
+    connected = (reports["flags"] & FLAG_LOAD_CONNECTED).astype(bool)[:, None]
+    volts, amps, _angle, active, _reactive, pf, thd = np.moveaxis(phases, 2, 0)
+    frequency = totals[:, 3]
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite rows fail the first check
+        per_phase = np.stack(
+            [
+                ~live & ((volts != 0) | (amps != 0)),
+                live & connected & ~((0.8 * nominal <= volts) & (volts <= 1.2 * nominal)),
+                live & ~((amps >= 0.0) & (amps <= max_current)),
+                live & ~((pf >= -1.0) & (pf <= 1.0)),
+                live & ~((thd >= 0.0) & (thd <= 100.0)),
+                live & (np.abs(active - volts * amps * pf) > 0.05 * np.abs(active) + 5.0),
+            ],
+            axis=2,
+        ).reshape(len(reports), -1)  # [n, phase-major checks]
+        failed = np.concatenate(
+            [
+                ~(np.isfinite(phases).all(axis=(1, 2)) & np.isfinite(totals).all(axis=1))[:, None],
+                ~((frequency >= 57.0) & (frequency <= 63.0))[:, None],
+                per_phase,
+            ],
+            axis=1,
+        )
+    if not failed.any():
+        return [None] * len(reports)
+    first, bad = failed.argmax(axis=1).tolist(), failed.any(axis=1).tolist()
+    return [REASONS[k] if b else None for k, b in zip(first, bad, strict=True)]
+
+
+def register_implausible(
+    counter: int, energy_wh: int, meter: MeterClass, previous: tuple[int, int] | None
+) -> str | None:
+    """Against `previous`, (counter, energy_wh) of the meter's latest stored reading:
+    the register must not go down, and may rise at most what the meter's maximum
+    power delivers in the intervals between the two readings."""
+    if previous is None:
+        return None
+    intervals, step = counter - previous[0], energy_wh - previous[1]
+    if intervals > 0 and step < 0:
+        return "energy-register-decreased"
+    most = meter.phases * 1.2 * meter.nominal_voltage * meter.max_current * INTERVAL_S / 3600
+    if intervals > 0 and step > most * 1.05 * intervals:
+        return "energy-step-too-large"
     return None

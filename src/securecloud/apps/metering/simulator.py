@@ -267,9 +267,11 @@ class SimMeter(asyncio.Protocol):
             if now - self.hello_sent > self.shard.config.timeout:  # HELLO or ACCEPT lost
                 self.handshake()
             return
-        expired = [
-            inv for inv, (_r, t) in self.pending.items() if now - t > self.shard.config.timeout
-        ]
+        timeout = self.shard.config.timeout
+        # pending is in sending order: if its first frame is in time, all are
+        if not self.pending or now - next(iter(self.pending.values()))[1] <= timeout:
+            return
+        expired = [inv for inv, (_r, t) in self.pending.items() if now - t > timeout]
         for inv in sorted(expired, reverse=True):
             report, _t = self.pending.pop(inv)
             self.queue.insert(self.queue_pos, (report, 0))

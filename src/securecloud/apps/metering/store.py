@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -120,12 +121,41 @@ def items(meters: list[int], size: int = ITEM_METERS) -> list[list[int]]:
     return out
 
 
-def leaf_order(leaf: bytes) -> tuple[int, int, int, int]:
-    """Sort key of a batch leaf: (group, day number, meter, counter); so each
-    segment's share of a batch is one range."""
-    meter = int.from_bytes(leaf[:4], "big")
-    end = round(int.from_bytes(leaf[8:12], "big") / INTERVAL_S) * INTERVAL_S
-    return (meter // GROUP_SIZE, (end - INTERVAL_S) // 86400, meter, leaf[4:8])
+_LEAF_HEAD = np.dtype(
+    [("meter", ">u4"), ("counter", ">u4"), ("timestamp", ">u4"), ("rest", f"V{LEAF_SIZE - 12}")]
+)
+_BATCH_RECORD = np.dtype([("seq", ">u4"), ("index", ">u4"), ("leaf", f"V{LEAF_SIZE}")])
+assert _BATCH_RECORD.itemsize == RECORD_SIZE
+
+
+def _slot_keys(leaves: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(group, day number, leaf head) of each leaf, as day_of and group_of compute them."""
+    head = np.frombuffer(b"".join(leaves), dtype=_LEAF_HEAD)
+    end = np.rint(head["timestamp"] / INTERVAL_S).astype(np.int64) * INTERVAL_S
+    return (head["meter"] // GROUP_SIZE).astype(np.int64), (end - INTERVAL_S) // 86400, head
+
+
+def order_leaves(leaves: list[bytes]) -> list[bytes]:
+    """A batch's leaves sorted by (group, day, meter, counter), so each segment's share
+    of the batch is one range (one NumPy sort: a key per leaf in Python cost 6 %)."""
+    if not leaves:
+        return []
+    group, day, head = _slot_keys(leaves)
+    order = np.lexsort((head["counter"], head["meter"], day, group))
+    return [leaves[i] for i in order.tolist()]
+
+
+def leaf_slots(leaves: list[bytes]) -> list[tuple[tuple[dt.date, int], int, int]]:
+    """((day, group), lo, hi) of each run of leaves (in order_leaves order) that
+    belongs to one segment."""
+    if not leaves:
+        return []
+    group, day, _head = _slot_keys(leaves)
+    cut = np.flatnonzero((np.diff(group) != 0) | (np.diff(day) != 0)) + 1
+    bounds = [0, *cut.tolist(), len(leaves)]
+    return [
+        ((_date(int(day[lo])), int(group[lo])), lo, hi) for lo, hi in itertools.pairwise(bounds)
+    ]
 
 
 def day_of(timestamp: int) -> tuple[dt.date, int, int]:
@@ -183,8 +213,13 @@ class StoredReading:
         return self.meter_id.to_bytes(4, "big") + self.report
 
 
-def encode_record(meter_id: int, seq: int, index: int, report: bytes) -> bytes:
-    return _RECORD.pack(seq, index, meter_id) + report
+def encode_records(seq: int, leaves: list[bytes]) -> bytes:
+    """The records of batch `seq`'s leaves 0..n-1, back to back (RECORD_SIZE each)."""
+    records = np.empty(len(leaves), dtype=_BATCH_RECORD)
+    records["seq"] = seq
+    records["index"] = np.arange(len(leaves))
+    records["leaf"] = np.frombuffer(b"".join(leaves), dtype=f"V{LEAF_SIZE}")
+    return records.tobytes()
 
 
 @dataclass(frozen=True)
