@@ -231,6 +231,9 @@ def test_batch_leaves_sort_into_one_record_range_per_segment():
     assert len({slot for slot, _l, _h in slots}) == len(slots) > 6  # one range per segment
     for (day, group), lo, hi in slots:
         assert {_leaf_key(leaf)[:2] for leaf in ordered[lo:hi]} == {(group, day)}
+    stamps = np.array([int.from_bytes(leaf[8:12], "big") for leaf in leaves], dtype=">u4")
+    offsets = [store.day_of(int(t))[2] for t in stamps]
+    assert store.clock_offsets(stamps).tolist() == offsets and {-450, 450} & set(offsets)
     records = store.encode_records(42, ordered)
     size = store.RECORD_SIZE
     for index, leaf in enumerate(ordered):

@@ -122,12 +122,12 @@ class Detached:
 
 
 def _checked(plains: list[bytes], records: list) -> zip:
-    """(counter, timestamp, energy Wh, implausible_many's reason) of each report,
+    """(counter, clock offset s, energy Wh, implausible_many's reason) of each report,
     all checked in one pass; `records` are the meters' registry records."""
     reports = decode_many(plains)
     return zip(
         reports["counter"].tolist(),
-        reports["timestamp"].tolist(),
+        store.clock_offsets(reports["timestamp"]).tolist(),
         reports["energy"].tolist(),
         implausible_many(reports, [record.supply for record in records]),
         strict=True,
@@ -276,8 +276,8 @@ class Authenticator:
             self.counts["commands_sent"] += 1
 
     def _take(self, meter_id, state, report, plain, invocation, record, out) -> int:
-        """`report`: (counter, timestamp, energy Wh, implausible_many's reason)."""
-        counter, timestamp, energy_wh, static_reason = report
+        """`report`: (counter, clock offset s, energy Wh, implausible_many's reason)."""
+        counter, offset, energy_wh, static_reason = report
         late = state.missing is not None and counter in state.missing
         if counter <= state.last_report and not late:
             state.duplicates += 1
@@ -285,7 +285,6 @@ class Authenticator:
             if state.quarantined_counters and counter in state.quarantined_counters:
                 return frames.QUARANTINED  # stored, but in quarantine: say so again
             return frames.DUPLICATE
-        _day, _index, offset = store.day_of(timestamp)
         if abs(offset) > MAX_CLOCK_OFFSET_S:
             reason = "clock-offset"
         elif static_reason is not None:

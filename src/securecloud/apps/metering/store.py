@@ -165,6 +165,12 @@ def day_of(timestamp: int) -> tuple[dt.date, int, int]:
     return _date(start // 86400), (start % 86400) // INTERVAL_S, timestamp - nearest
 
 
+def clock_offsets(timestamps: np.ndarray) -> np.ndarray:
+    """day_of's clock offset (s from the nearest interval end) of many timestamps."""
+    stamps = timestamps.astype(np.int64)
+    return stamps - np.rint(stamps / INTERVAL_S).astype(np.int64) * INTERVAL_S
+
+
 @lru_cache(maxsize=4096)
 def _date(days_since_epoch: int) -> dt.date:
     return _EPOCH + dt.timedelta(days=days_since_epoch)
