@@ -78,6 +78,18 @@ def crypto_limit(batch_size: int = 2000, rounds: int = 5) -> float:
     return best
 
 
+def gc_pause_s(url: str, ca: Path) -> float:
+    """Seconds a service's cyclic garbage collector held it so far (its /metrics)."""
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", verify=str(ca), timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("securecloud_gc_pause_seconds_sum")
+    )
+
+
 @contextlib.contextmanager
 def nats_server(directory: Path):
     """Our own nats-server with JetStream on a free port, stopped afterwards."""
@@ -191,13 +203,14 @@ def main() -> None:
             }
             print(f"running {meters:,} meters through {aggregators} aggregator(s)", flush=True)
             summary = run_fleet(data_dir / "meters", meters, config)
-            statuses = []
+            statuses, gc_pauses = [], []
             for own in ports:
                 auth_url = f"https://127.0.0.1:{own.api}"
                 subprocess.run(
                     [*CLI, "ingest", "flush", "--url", auth_url, "--data-dir", str(data_dir)],
                     check=True,
                 )
+                gc_pauses.append(gc_pause_s(auth_url, data_dir / "metering" / "ca.crt"))
                 status_args = ["ingest", "status", "--json", "--url", auth_url]
                 statuses.append(
                     json.loads(
@@ -232,6 +245,8 @@ def main() -> None:
         "aggregators": aggregators,
         "window": window,
         "simulator_processes": summary["processes"],
+        "simulator_gc_pause_s": summary["gc_pause_s"],  # summed over the simulator processes
+        "authenticator_gc_pause_s": round(sum(gc_pauses), 2),
         "readings": readings,
         "readings_acknowledged_first_time": acked_first,
         "frames_sent": summary["sent"],

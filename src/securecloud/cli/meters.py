@@ -198,6 +198,7 @@ def run_fleet(
     summary |= {"acked": {}, "nacks": {}, "commands": {}}
     for key in ("generated", "sent", "resent", "handshakes", "lost_by_fault", "connect_errors"):
         summary[key] = sum(s[key] for s in shards)
+    summary["gc_pause_s"] = round(sum(s["gc_pause_s"] for s in shards), 2)
     for key in ("acked", "nacks", "commands"):
         for s in shards:
             for k, v in s[key].items():

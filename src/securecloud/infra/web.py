@@ -14,12 +14,14 @@ the ASGI scope, so `PeerCertProtocol` adds it as the ASGI TLS extension does
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
 import ssl
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from securecloud.infra.api_client import ServiceError
@@ -68,8 +70,28 @@ def peer_certificate(request: Request) -> bytes | None:
     return ssl.PEM_cert_to_DER_cert(tls["client_cert_chain"][0])
 
 
+GC_PAUSES = Histogram(
+    "securecloud_gc_pause_seconds",
+    "Time each run of Python's cyclic garbage collector held the interpreter, by generation "
+    "(a service with a large heap of long-lived objects pays here on every full collection)",
+    ["generation"],
+    buckets=(0.0001, 0.001, 0.005, 0.02, 0.1, 0.5, 2.0),
+)
+_gc_started = 0.0
+
+
+def _time_gc(phase: str, info: dict) -> None:
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+    else:
+        GC_PAUSES.labels(str(info["generation"])).observe(time.perf_counter() - _gc_started)
+
+
 def make_app(title: str, version: str, health: Callable[[], dict] | None = None, **kw) -> FastAPI:
     app = FastAPI(title=title, version=version, **kw)
+    if _time_gc not in gc.callbacks:
+        gc.callbacks.append(_time_gc)
 
     @app.exception_handler(ServiceError)
     async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import hmac
 import logging
 import os
@@ -158,6 +159,7 @@ class Runner:
         if checkpoint:
             self.checkpointed = time.monotonic()
         self.flushing = asyncio.create_task(self._write(self.auth.detach(checkpoint)))
+        settle_heap(full=checkpoint)
 
     async def _write(self, detached) -> None:
         try:
@@ -174,6 +176,18 @@ class Runner:
                 await self.flushing
             self.checkpointed = time.monotonic()
             return await asyncio.to_thread(self.auth.flush)
+
+
+def settle_heap(full: bool) -> None:
+    """Put what is alive now (meter states, sessions, the registry) out of the cyclic
+    collector's sight. The authenticator's heap of long-lived objects made every
+    full collection take ~0.2 s, one every ~2 s: a sixth of its time. Frozen
+    objects are still freed by reference counting; with `full`, everything is
+    collected once first, so no cyclic garbage stays frozen."""
+    if full:
+        gc.unfreeze()
+        gc.collect()
+    gc.freeze()
 
 
 def _all_unavailable(entries) -> Outcome:
@@ -298,6 +312,7 @@ def main(argv: list[str]) -> int:
         ownership=ownership,
     )
     replayed = auth.restore()
+    settle_heap(full=True)
     log.info(
         "authenticator ready",
         extra={
