@@ -181,7 +181,7 @@ class Runner:
 def settle_heap(full: bool) -> None:
     """Put what is alive now (meter states, sessions, the registry) out of the cyclic
     collector's sight. The authenticator's heap of long-lived objects made every
-    full collection take ~0.2 s, one every ~2 s: a sixth of its time. Frozen
+    full collection take ~0.24 s, one every ~2 s: a tenth of its CPU. Frozen
     objects are still freed by reference counting; with `full`, everything is
     collected once first, so no cyclic garbage stays frozen."""
     if full:

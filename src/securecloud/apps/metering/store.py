@@ -131,8 +131,8 @@ assert _BATCH_RECORD.itemsize == RECORD_SIZE
 def _slot_keys(leaves: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(group, day number, leaf head) of each leaf, as day_of and group_of compute them."""
     head = np.frombuffer(b"".join(leaves), dtype=_LEAF_HEAD)
-    end = np.rint(head["timestamp"] / INTERVAL_S).astype(np.int64) * INTERVAL_S
-    return (head["meter"] // GROUP_SIZE).astype(np.int64), (end - INTERVAL_S) // 86400, head
+    start = _nearest_ends(head["timestamp"]) - INTERVAL_S
+    return (head["meter"] // GROUP_SIZE).astype(np.int64), start // 86400, head
 
 
 def order_leaves(leaves: list[bytes]) -> list[bytes]:
@@ -165,10 +165,15 @@ def day_of(timestamp: int) -> tuple[dt.date, int, int]:
     return _date(start // 86400), (start % 86400) // INTERVAL_S, timestamp - nearest
 
 
+def _nearest_ends(timestamps: np.ndarray) -> np.ndarray:
+    """day_of's nearest interval end of many timestamps (np.rint rounds half to even,
+    as round() does)."""
+    return np.rint(timestamps.astype(np.int64) / INTERVAL_S).astype(np.int64) * INTERVAL_S
+
+
 def clock_offsets(timestamps: np.ndarray) -> np.ndarray:
     """day_of's clock offset (s from the nearest interval end) of many timestamps."""
-    stamps = timestamps.astype(np.int64)
-    return stamps - np.rint(stamps / INTERVAL_S).astype(np.int64) * INTERVAL_S
+    return timestamps.astype(np.int64) - _nearest_ends(timestamps)
 
 
 @lru_cache(maxsize=4096)
