@@ -33,6 +33,7 @@ from securecloud.apps.metering.reading import (
     INTERVAL_S,
     METER_CLASSES,
     READINGS_PER_DAY,
+    REPORT_DTYPE,
     Reading,
 )
 from securecloud.apps.metering.theft import attack_curve, bypass_phases
@@ -96,12 +97,6 @@ def consumer_for(seed: int, meter_id: int, large_share: float = 0.02) -> Consume
     )
 
 
-_REPORT_DTYPE = np.dtype(
-    [("counter", ">u4"), ("timestamp", ">u4"), ("flags", "u1"), ("phases", ">f4", (21,)),
-     ("totals", ">f4", (5,)), ("energy", ">u8")]
-)  # fmt: skip
-
-
 def day_reports(
     consumer: Consumer,
     day: dt.date,
@@ -144,7 +139,7 @@ def day_reports(
     total_q = reactive.sum(axis=1)
     registers = energy_wh + np.cumsum(power_w * INTERVAL_S / 3600.0)
     midnight = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp())
-    out = np.zeros(k, dtype=_REPORT_DTYPE)
+    out = np.zeros(k, dtype=REPORT_DTYPE)
     out["counter"] = first_counter + np.arange(k)
     out["timestamp"] = midnight + (np.arange(k) + 1) * INTERVAL_S + drift_s
     out["flags"] = (FLAG_LOAD_CONNECTED if connected else 0) | (FLAG_THREE_PHASE if n == 3 else 0)
@@ -152,7 +147,7 @@ def day_reports(
         [volts if connected else np.zeros_like(volts), amps, np.degrees(np.arccos(pf)),
          phase_p, reactive, pf, thd], axis=2,
     )  # fmt: skip  # [k, n, 7]
-    out["phases"][:, : 7 * n] = fields.reshape(k, 7 * n)
+    out["phases"][:, :n] = fields
     total_pf = np.divide(
         power_w, np.hypot(power_w, total_q), out=np.ones_like(power_w), where=power_w > 0
     )
@@ -160,7 +155,7 @@ def day_reports(
     out["totals"] = np.stack([power_w, total_q, total_pf, freq, power_w], axis=1)
     out["energy"] = registers.astype(np.uint64)
     blob = out.tobytes()
-    size = _REPORT_DTYPE.itemsize
+    size = REPORT_DTYPE.itemsize
     return (
         [blob[i * size : (i + 1) * size] for i in range(k)],
         out["timestamp"].tolist(),
