@@ -14,14 +14,12 @@ the ASGI scope, so `PeerCertProtocol` adds it as the ASGI TLS extension does
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import logging
 import os
 import ssl
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from securecloud.infra.api_client import ServiceError
+from securecloud.runtime.gcpause import watch_pauses
 
 
 class JsonFormatter(logging.Formatter):
@@ -77,21 +76,15 @@ GC_PAUSES = Histogram(
     ["generation"],
     buckets=(0.0001, 0.001, 0.005, 0.02, 0.1, 0.5, 2.0),
 )
-_gc_started = 0.0
-
-
-def _time_gc(phase: str, info: dict) -> None:
-    global _gc_started
-    if phase == "start":
-        _gc_started = time.perf_counter()
-    else:
-        GC_PAUSES.labels(str(info["generation"])).observe(time.perf_counter() - _gc_started)
+_gc_watched = False
 
 
 def make_app(title: str, version: str, health: Callable[[], dict] | None = None, **kw) -> FastAPI:
+    global _gc_watched
     app = FastAPI(title=title, version=version, **kw)
-    if _time_gc not in gc.callbacks:
-        gc.callbacks.append(_time_gc)
+    if not _gc_watched:
+        watch_pauses(lambda generation, s: GC_PAUSES.labels(str(generation)).observe(s))
+        _gc_watched = True
 
     @app.exception_handler(ServiceError)
     async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:

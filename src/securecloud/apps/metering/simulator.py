@@ -40,6 +40,7 @@ from securecloud.apps.metering.reading import INTERVAL_S, READINGS_PER_DAY
 from securecloud.apps.metering.theft import kind_for
 from securecloud.crypto.errors import CryptoError
 from securecloud.runtime.durable import atomic_write
+from securecloud.runtime.gcpause import watch_pauses
 
 LEASE = 1_000_000
 RESEND_ON = frozenset({"unavailable", "auth-failed", "replay"})
@@ -294,7 +295,6 @@ class Shard:
         self._remaining = 0
         self._finished = asyncio.Event()
         self._t0 = time.monotonic()
-        self._gc_started = 0.0
         self._sim0 = int(
             dt.datetime(
                 config.start.year, config.start.month, config.start.day, tzinfo=dt.UTC
@@ -379,11 +379,11 @@ class Shard:
 
         await asyncio.gather(*(connect(m) for m in meters))
         watchdog = asyncio.create_task(self._watch(meters, progress))
-        gc.callbacks.append(self._time_gc)
+        stop_watching = watch_pauses(self._count_gc_pause)
         try:
             await self._finished.wait()
         finally:
-            gc.callbacks.remove(self._time_gc)
+            stop_watching()
         self.stopping = True
         watchdog.cancel()
         self.result.elapsed_s = time.perf_counter() - started
@@ -394,11 +394,8 @@ class Shard:
         self._save_state(meters, final=True)
         return self.result
 
-    def _time_gc(self, phase: str, _info: dict) -> None:
-        if phase == "start":
-            self._gc_started = time.perf_counter()
-        else:
-            self.result.gc_pause_s += time.perf_counter() - self._gc_started
+    def _count_gc_pause(self, _generation: int, seconds: float) -> None:
+        self.result.gc_pause_s += seconds
 
     async def _watch(self, meters: list[SimMeter], progress) -> None:
         ticks = 0
