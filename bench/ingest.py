@@ -81,12 +81,15 @@ def crypto_limit(batch_size: int = 2000, rounds: int = 5) -> float:
 def gc_pause_s(url: str, ca: Path) -> float:
     """Seconds a service's cyclic garbage collector held it so far (its /metrics)."""
     import httpx
+    from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(f"{url}/metrics", verify=str(ca), timeout=10).text
     return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("securecloud_gc_pause_seconds_sum")
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "securecloud_gc_pause_seconds"
+        for sample in family.samples
+        if sample.name.endswith("_sum")
     )
 
 
