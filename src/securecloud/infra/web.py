@@ -27,7 +27,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -47,6 +47,31 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)
+
+
+class PiecewiseResponse(Response):
+    """A Response whose body goes to the transport in pieces of 256 KiB (still with its
+    Content-Length). asyncio's TLS transport encrypts each write in one SSLObject.write
+    into a memory BIO, and one multi-megabyte write made OpenSSL regrow that buffer: a
+    5 MB body took 26 ms instead of 2.5 ms to encrypt. For large objects (KVS reads)."""
+
+    PIECE = 256 * 1024
+
+    async def __call__(self, scope, receive, send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        body, step = self.body, self.PIECE
+        for start in range(0, max(len(body), 1), step):
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": body[start : start + step],
+                    "more_body": start + step < len(body),
+                }
+            )
+        if self.background is not None:
+            await self.background()
 
 
 def configure_logging(level: str = "info") -> None:

@@ -94,6 +94,18 @@ def cluster(tmp_path_factory):
     supervisor.stop_all()
 
 
+def test_a_large_object_comes_back_whole_in_pieces(cluster):
+    """The gateway sends bodies in 256 KiB pieces (web.PiecewiseResponse): sizes around
+    the piece boundaries and a multi-megabyte one come back byte for byte."""
+    client = cluster["client"]
+    for size in (0, 1, 256 * 1024 - 1, 256 * 1024, 256 * 1024 + 1, 5_000_003):
+        data = os.urandom(size)
+        client.put("meters", f"piecewise-{size}", data)
+        response = client._call("GET", f"/v1/meters/piecewise-{size}")
+        assert response.content == data
+        assert response.headers["content-length"] == str(size)
+
+
 def test_node_refuses_requests_without_the_token(cluster):
     port = next(iter(cluster["nodes"]))
     response = httpx.get(f"http://127.0.0.1:{port}/v1/fragments")

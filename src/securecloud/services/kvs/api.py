@@ -22,7 +22,7 @@ import anyio
 from fastapi import Body, Depends, FastAPI, Header, Query, Request, Response
 
 import securecloud
-from securecloud.infra.web import make_app
+from securecloud.infra.web import PiecewiseResponse, make_app
 from securecloud.services.kvs import s3
 from securecloud.services.kvs.apikeys import ApiKey, KeyStore, require
 from securecloud.services.kvs.codec import ObjectMeta
@@ -138,7 +138,7 @@ def create_app(gateway: Gateway, keys: KeyStore) -> FastAPI:
             meta, data = gateway.get(bucket, object_key)
         else:
             meta, data = await anyio.to_thread.run_sync(gateway.get, bucket, object_key)
-        return Response(data, headers=_headers(meta), media_type=meta.content_type)
+        return PiecewiseResponse(data, headers=_headers(meta), media_type=meta.content_type)
 
     @app.head("/v1/{bucket}/{object_key:path}", tags=["objects"])
     def head_object(bucket: str, object_key: str, key: ApiKey = Depends(caller)) -> Response:

@@ -21,6 +21,7 @@ from email.utils import formatdate
 import anyio
 from fastapi import FastAPI, Request, Response
 
+from securecloud.infra.web import PiecewiseResponse
 from securecloud.services.kvs import sigv4
 from securecloud.services.kvs.apikeys import ApiKey, KeyStore, Unauthorized, require
 from securecloud.services.kvs.codec import ObjectMeta
@@ -303,7 +304,7 @@ def install(app: FastAPI, gateway: Gateway, keys: KeyStore) -> None:
             if method == "HEAD":
                 headers["Content-Length"] = str(meta.size)
                 return Response(status_code=200, headers=headers, media_type=meta.content_type)
-            return Response(data, headers=headers, media_type=meta.content_type)
+            return PiecewiseResponse(data, headers=headers, media_type=meta.content_type)
         if method == "DELETE" and "uploadId" in params:
             require(caller, bucket, "write")
             await blocking(abort_upload, params["uploadId"])
