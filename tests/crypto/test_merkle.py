@@ -8,6 +8,7 @@ from securecloud.crypto import (
     MerkleTree,
     ProofError,
     RangeProof,
+    merkle_root,
     verify_consistency,
     verify_inclusion,
 )
@@ -49,6 +50,12 @@ def test_known_rfc6962_vectors():
 @given(st.lists(st.binary(max_size=8), max_size=40))
 def test_root_matches_reference(leaves):
     assert MerkleTree.from_leaves(leaves).root() == reference_root(leaves)
+
+
+def test_the_levelwise_root_is_the_rfc6962_root_at_every_size():
+    leaves = [i.to_bytes(2, "big") for i in range(130)]
+    for n in range(131):
+        assert merkle_root([leaf_hash(x) for x in leaves[:n]]) == reference_root(leaves[:n])
 
 
 @settings(max_examples=40, deadline=None)

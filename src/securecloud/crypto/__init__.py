@@ -23,6 +23,7 @@ from securecloud.crypto.merkle import (
     MerkleTree,
     RangeProof,
     leaf_hash,
+    merkle_root,
     verify_consistency,
     verify_inclusion,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "load_private_key_pem",
     "load_public_key_pem",
     "mac",
+    "merkle_root",
     "new_key",
     "open_bytes",
     "open_sealed",

@@ -36,6 +36,20 @@ def _parents(level: list[bytes]) -> list[bytes]:
     ]
 
 
+def merkle_root(leaf_hashes: Sequence[bytes]) -> bytes:
+    """The RFC 6962 root, level by level without keeping the levels: a lone last node
+    moves up unchanged, which gives the same root as splitting at powers of two."""
+    level = list(leaf_hashes)
+    if not level:
+        return hashlib.sha256(b"").digest()
+    while len(level) > 1:
+        parents = _parents(level)
+        if len(level) % 2:
+            parents.append(level[-1])
+        level = parents
+    return level[0]
+
+
 def _largest_power_of_two_below(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
