@@ -253,6 +253,37 @@ def test_the_job_bills_from_the_kvs_and_its_evidence_passes_the_audit(world):
             assert result.readings == bill["readings"]["count"]
 
 
+class ForkedStorage(DictStorage):
+    """Reopened in a forked worker as the copy of the objects the fork made: reads see
+    them, writes stay in the worker (the test compares returned bills only)."""
+
+    def reopen(self):
+        return self
+
+
+def _context(world, storage):
+    _readings, _roots, regulator, utility, _storage, registry = world
+    tariffs_by_class = {"lv1": tariffs.builtin("tarifa-branca"), "mv3": tariffs.builtin("green-a4")}
+    return job.BillingContext(storage, registry, tariffs_by_class, utility, [regulator])
+
+
+def test_worker_processes_make_the_same_bills_and_report_a_bad_segment(world):
+    storage = ForkedStorage()
+    storage.objects = dict(world[4].objects)
+    here = job.bill_meters(_context(world, storage), [9, 7], PERIOD, 1_770_000_000, workers=1)
+    forked = job.bill_meters(_context(world, storage), [9, 7], PERIOD, 1_770_000_000, workers=2)
+    assert [b["meter"] for b in forked] == [9, 7]
+    for a, b in zip(here, forked, strict=True):  # ECDSA signatures are randomised
+        assert {**a, "signature": None} == {**b, "signature": None}
+    key = next(k for k in sorted(storage.objects) if k.startswith("readings/2026-03-03/"))
+    data = bytearray(storage.objects[key])
+    data[-20] ^= 1  # one bit of the last record's energy register
+    storage.objects[key] = bytes(data)
+    with pytest.raises(EvidenceError) as caught:  # raised in a worker, re-raised here
+        job.bill_meters(_context(world, storage), [7, 9], PERIOD, 1_770_000_000, workers=2)
+    assert caught.value.reason == "bad-proof" and key in str(caught.value)
+
+
 def test_windows_of_many_intervals_agree_with_one_at_a_time():
     starts = np.arange(1_767_225_600, 1_767_225_600 + 60 * 86400, 900)  # 60 days of 2026
     for name in ("flat", "tarifa-branca", "green-a4"):

@@ -160,6 +160,38 @@ def test_bills_from_the_kvs_pass_the_regulators_check_and_a_changed_one_fails(
     assert bad.returncode != 0 and "start" in bad.stdout + bad.stderr
 
 
+def test_billing_worker_processes_store_the_same_bills_as_one_process(ingest_platform):
+    """Each worker process opens its own TLS connection to the gateway and stores the bills
+    of its share; they match what one process makes from the same segments."""
+    import datetime as dt
+
+    from securecloud.apps.billing import tariff as tariffs
+    from securecloud.apps.billing.bill import Period
+    from securecloud.apps.billing.job import BillingContext, bill_key, bill_meters
+    from securecloud.apps.metering.registry import Registry
+    from securecloud.cli.billing import regulator_keys, utility_key
+    from securecloud.crypto import canonical
+
+    data_dir, _supervisor, _ports = ingest_platform
+    period, meters = Period(dt.date(2026, 3, 3), 2), list(range(40, 0, -1))
+    with _client(data_dir, None) as kvs:
+        branca = tariffs.builtin("tarifa-branca")
+        context = BillingContext(
+            kvs,
+            Registry.load(kvs),
+            {"lv1": branca, "lv3": branca, "mv3": tariffs.builtin("green-a4")},
+            utility_key(data_dir),
+            regulator_keys(data_dir / "metering" / "regulator.json"),
+        )
+        alone = bill_meters(context, meters, period, 1_770_000_000, workers=1)
+        shared = bill_meters(context, meters, period, 1_770_000_000, workers=3)
+        stored = [canonical.decode(kvs.get(store.BUCKET, bill_key(period, m))) for m in meters]
+    assert [b["meter"] for b in shared] == meters and stored == shared
+    assert sum(b["readings"]["count"] for b in alone) > 40 * 2 * 96 * 0.9
+    for a, b in zip(alone, shared, strict=True):  # ECDSA signatures are randomised
+        assert {**a, "signature": None} == {**b, "signature": None}
+
+
 def test_billing_runs_as_an_asperathos_job_on_attested_workers(ingest_platform, tmp_path):
     """The batch manager writes the `billing` CAS session from the task's policy fragment:
     the workers get the KVS key, the utility key and the regulator's keys after attestation."""

@@ -124,12 +124,21 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print the bills' summary as JSON.")] = (
         False
     ),
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Processes that read, verify and bill (default: one per core; 1 = this one).",
+            min=1,
+            max=64,
+        ),
+    ] = None,
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ) -> None:
     """Bill meters for a period from their signed readings in the KVS.
 
     Every reading is checked against its batch's signed root; the signed bills are
-    stored in the KVS (bills/<start>+<days>d/<meter>.json)."""
+    stored in the KVS (bills/<start>+<days>d/<meter>.json). The work of each group
+    of meters is shared by --workers processes, each with its own KVS connection."""
     from rich.progress import Progress
 
     from securecloud.apps.billing.job import BillingContext, bill_meters
@@ -154,7 +163,7 @@ def run(
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("billing", total=len(chosen))
             for item in items(chosen):
-                made += bill_meters(context, item, period, int(time.time()))
+                made += bill_meters(context, item, period, int(time.time()), workers)
                 progress.update(task, completed=len(made))
     elapsed = time.perf_counter() - started
     summary = {

@@ -37,7 +37,7 @@ import numpy as np
 from securecloud.apps.billing.evidence import SignedReading
 from securecloud.apps.billing.tariff import Tariff
 from securecloud.apps.metering.reading import INTERVAL_S, READINGS_PER_DAY
-from securecloud.crypto import MerkleTree, canonical, fingerprint, sign, verify
+from securecloud.crypto import canonical, fingerprint, merkle_root, sign, verify
 
 BILL_TYPE = "securecloud.billing.bill.v1"
 CENT = Decimal("0.01")
@@ -135,27 +135,28 @@ class Columns:
     end: np.ndarray  # int64, interval end
     energy: np.ndarray  # int64, register Wh
     demand: np.ndarray  # float64, W
-    hashes: list[bytes]
+    hashes: np.ndarray  # leaf hashes, dtype V32
 
     def __len__(self) -> int:
         return len(self.counter)
 
     @classmethod
-    def from_table(cls, table: np.ndarray, hashes: list[bytes]) -> Columns:
-        """From rows of REPORT fields (store.RECORD_DTYPE or a report array)."""
-        ts = table["timestamp"].astype(np.int64)
+    def from_fields(cls, counter, timestamp, energy, demand, hashes: np.ndarray) -> Columns:
         return cls(
-            table["counter"].astype(np.int64),
-            np.rint(ts / INTERVAL_S).astype(np.int64) * INTERVAL_S,
-            table["energy"].astype(np.int64),
-            table["totals"][:, 4].astype(np.float64),
+            counter.astype(np.int64),
+            np.rint(timestamp.astype(np.int64) / INTERVAL_S).astype(np.int64) * INTERVAL_S,
+            energy.astype(np.int64),
+            demand.astype(np.float64),
             hashes,
         )
 
     @classmethod
     def from_readings(cls, readings: list[SignedReading]) -> Columns:
-        reports = b"".join(r.report for r in readings)
-        return cls.from_table(np.frombuffer(reports, REPORT_DTYPE), [r.leaf_hash for r in readings])
+        table = np.frombuffer(b"".join(r.report for r in readings), REPORT_DTYPE)
+        hashes = np.frombuffer(b"".join(r.leaf_hash for r in readings), "V32")
+        return cls.from_fields(
+            table["counter"], table["timestamp"], table["energy"], table["totals"][:, 4], hashes
+        )
 
 
 REPORT_DTYPE = np.dtype(
@@ -185,7 +186,7 @@ def select_columns(rows: Columns, period: Period, meter_id: int) -> tuple[Column
             rows.end[keep],
             rows.energy[keep],
             rows.demand[keep],
-            [rows.hashes[i] for i in keep],
+            rows.hashes[keep],
         ),
         opening,
     )
@@ -204,8 +205,10 @@ def compute(
     ends, counters = readings.end, readings.counter
     later = np.flatnonzero(ends[1:] <= ends[:-1]) + 1  # counters rise, ends must too
     reordered = counters[later].tolist()
-    expected_ends = np.arange(period.first_end, period.last_end + 1, INTERVAL_S)
-    missing = np.setdiff1d(expected_ends, ends).tolist()
+    slot = (ends - period.first_end) // INTERVAL_S  # ends are multiples of INTERVAL_S
+    present = np.zeros(period.expected, dtype=bool)
+    present[slot[(slot >= 0) & (slot < period.expected)]] = True
+    missing = (period.first_end + INTERVAL_S * np.flatnonzero(~present)).tolist()
     n_read = len(readings)
     gaps = int(counters[-1] - counters[0] + 1 - n_read) if n_read else 0
 
@@ -261,7 +264,7 @@ def compute(
             "expected": period.expected,
             "first_counter": int(counters[0]) if n_read else None,
             "last_counter": int(counters[-1]) if n_read else None,
-            "root": MerkleTree(readings.hashes).root().hex() if n_read else None,
+            "root": merkle_root(readings.hashes.tolist()).hex() if n_read else None,
             "missing": _ranges(missing, INTERVAL_S),
             "missing_count": len(missing),
             "counter_gaps": gaps,

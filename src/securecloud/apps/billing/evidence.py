@@ -38,7 +38,10 @@ class EvidenceError(ValueError):
 
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+        self.reason, self.detail = reason, detail
+
+    def __reduce__(self):  # raised in worker processes, re-raised in the job's
+        return type(self), (self.reason, self.detail)
 
 
 @dataclass(frozen=True)

@@ -300,7 +300,7 @@ class VerifiedSegment:
     """A segment whose every record is a leaf of a batch with a signed root."""
 
     table: np.ndarray  # RECORD_DTYPE, in record order
-    hashes: list[bytes]  # leaf hash of each record
+    hashes: np.ndarray  # leaf hash of each record (dtype V32)
     ranges: dict[int, RangeProof]  # seq -> its range (audit paths if read with `paths`)
     roots: dict[int, dict]  # seq -> signed root
 
@@ -316,7 +316,7 @@ def read_segment(
     body = _records(data)
     table = np.frombuffer(body, dtype=RECORD_DTYPE)
     checked = {} if checked is None else checked
-    hashes: list[bytes] = [b""] * len(table)
+    hashes: list[bytes] = []
     proved: dict[int, RangeProof] = {}
     start = 0
     for span in ranges:  # records lie in the order of their ranges (by batch seq)
@@ -343,12 +343,12 @@ def read_segment(
         ranged = RangeProof(header["size"], span.lo, leaves, span.proof, paths)
         if ranged.root != root:
             raise ProofError(f"segment: batch {span.seq}'s range does not give its signed root")
-        hashes[start : start + count] = leaves
+        hashes += leaves
         proved[span.seq] = ranged
         start += count
     if start != len(table):
         raise ProofError("segment: records outside every range")
-    return VerifiedSegment(table, hashes, proved, roots)
+    return VerifiedSegment(table, np.frombuffer(b"".join(hashes), dtype="V32"), proved, roots)
 
 
 def verify_segment(

@@ -16,6 +16,7 @@ class KvsClient(ApiClient):
     error = KvsError
 
     def __init__(self, url: str, ca_file: Path, key_id: str, secret: str, timeout: float = 120):
+        self._args = (url, ca_file, key_id, secret, timeout)
         context = ssl.create_default_context(cafile=str(ca_file))
         super().__init__(
             httpx.Client(
@@ -25,6 +26,11 @@ class KvsClient(ApiClient):
                 headers={"Authorization": f"Bearer {key_id}:{secret}"},
             )
         )
+
+    def reopen(self) -> KvsClient:
+        """A new client with the same credentials and its own connections (for another
+        process: a connection must not be shared across a fork)."""
+        return KvsClient(*self._args)
 
     def create_bucket(self, bucket: str) -> dict:
         return self._call("PUT", f"/v1/{bucket}").json()
