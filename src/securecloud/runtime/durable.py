@@ -100,6 +100,9 @@ class GroupCommitFile:
         return offset
 
     def close(self) -> None:
+        """Write and fsync what is still queued (its writers are waiting for it), then close."""
+        if self._error is None and self._fd >= 0:
+            self.wait(self._queued)
         with self._cond:
             if self._fd >= 0:
                 os.close(self._fd)

@@ -143,22 +143,43 @@ class Gateway:
             raise NotFound(f"no bucket {bucket!r}", reason="no-such-bucket")
 
     # -- fragments ------------------------------------------------------------
-    def _write_fragments(
-        self, object_id: str, version: int, policy: Policy, fragments: list[Fragment]
-    ) -> list[int]:
-        """Put every fragment on its node; return the indices that are durable."""
-        targets = place(object_id, self.nodes, len(fragments))
+    def _write_all(self, objects: list[tuple[str, int, list[Fragment]]]) -> list[list[int]]:
+        """Put every fragment of every (object id, version, fragments) on its node and
+        return, per object, the indices that are durable. A node that takes many at once
+        (`put_many`: a pack store) gets them in one call, so that they share its fsyncs;
+        for other nodes every fragment is its own request, all in parallel."""
+        by_node: dict[str, list[tuple[int, int, str, Fragment]]] = defaultdict(list)
+        for n, (object_id, version, fragments) in enumerate(objects):
+            targets = place(object_id, self.nodes, len(fragments))
+            for i, fragment in enumerate(fragments):
+                fid = self.keys.fragment_id(object_id, version, i)
+                by_node[targets[i]].append((n, i, fid, fragment))
+        tasks = []
+        for node, puts in by_node.items():
+            if hasattr(self.stores[node], "put_many"):
+                tasks.append((node, puts))
+            else:
+                tasks += [(node, [put]) for put in puts]
 
-        def put(i: int) -> int | None:
-            fid = self.keys.fragment_id(object_id, version, i)
+        def put(task) -> bool:
+            node, puts = task
             try:
-                self.stores[targets[i]].put(fid, fragments[i].encode(self.keys))
-                return i
+                blobs = [(fid, fragment.encode(self.keys)) for _, _, fid, fragment in puts]
+                if len(blobs) == 1:
+                    self.stores[node].put(*blobs[0])
+                else:
+                    self.stores[node].put_many(blobs)
+                return True
             except Exception:  # an unreachable or failing node: counted against the quorum
-                FRAGMENT_EVENTS.labels("write-failed").inc()
-                return None
+                FRAGMENT_EVENTS.labels("write-failed").inc(len(puts))
+                return False
 
-        return [i for i in self._pool.map(put, range(len(fragments))) if i is not None]
+        durable: list[list[int]] = [[] for _ in objects]
+        for (_, puts), ok in zip(tasks, self._pool.map(put, tasks), strict=True):
+            if ok:
+                for n, i, _, _ in puts:
+                    durable[n].append(i)
+        return [sorted(indices) for indices in durable]
 
     def _delete_fragments(self, object_id: str, version: int, count: int) -> None:
         targets = place(object_id, self.nodes, count)
@@ -240,27 +261,37 @@ class Gateway:
                 FRAGMENT_EVENTS.labels("repair-failed").inc()
 
     # -- objects ---------------------------------------------------------------
-    def _store_version(
-        self, object_id: str, meta: ObjectMeta, policy: Policy, ciphertext: bytes
-    ) -> None:
-        fragments = make_fragments(
-            self.coder,
-            policy,
-            object_id,
-            meta.version,
-            ciphertext,
-            seal_meta(self.keys, object_id, meta),
-        )
-        durable = self._write_fragments(object_id, meta.version, policy, fragments)
-        need_replicas, need_coded = policy.write_quorum()
-        replicas = sum(1 for i in durable if i < policy.replicas)
-        coded = len(durable) - replicas
-        if replicas < need_replicas or coded < need_coded:
-            self._delete_fragments(object_id, meta.version, len(fragments))
-            raise QuorumLost(
-                f"only {len(durable)} of {len(fragments)} fragments stored; {policy} needs "
-                f"{need_replicas or need_coded} durable: nothing was written"
+    def _store_versions(self, versions: list[tuple[str, ObjectMeta, Policy, bytes]]) -> None:
+        """Write (object id, meta, policy, ciphertext) versions; unless every one reaches its
+        write quorum, delete what was written of all of them and raise QuorumLost."""
+        made = [
+            (
+                object_id,
+                meta.version,
+                make_fragments(
+                    self.coder,
+                    policy,
+                    object_id,
+                    meta.version,
+                    ciphertext,
+                    seal_meta(self.keys, object_id, meta),
+                ),
             )
+            for object_id, meta, policy, ciphertext in versions
+        ]
+        short = []
+        for (_, meta, policy, _), durable in zip(versions, self._write_all(made), strict=True):
+            need_replicas, need_coded = policy.write_quorum()
+            replicas = sum(1 for i in durable if i < policy.replicas)
+            if replicas < need_replicas or len(durable) - replicas < need_coded:
+                short.append(
+                    f"{meta.bucket}/{meta.key}: only {len(durable)} of {policy.fragments} "
+                    f"fragments stored; {policy} needs {need_replicas or need_coded} durable"
+                )
+        if short:
+            for object_id, version, fragments in made:
+                self._delete_fragments(object_id, version, len(fragments))
+            raise QuorumLost(f"{'; '.join(short[:3])}: nothing was written")
 
     def put(
         self,
@@ -296,7 +327,7 @@ class Gateway:
             meta, ciphertext = encrypt_object(
                 self.keys, bucket, key, version, data, chosen, content_type
             )
-            self._store_version(object_id, meta, chosen, ciphertext)
+            self._store_versions([(object_id, meta, chosen, ciphertext)])
             self.index.put(meta)
             if current is not None:
                 self._retire(object_id, current)
@@ -335,7 +366,9 @@ class Gateway:
                 deleted=True,
                 policy=str(Policy(replicas=min(3, len(self.nodes)))),
             )
-            self._store_version(object_id, tombstone, Policy(replicas=min(3, len(self.nodes))), b"")
+            self._store_versions(
+                [(object_id, tombstone, Policy(replicas=min(3, len(self.nodes))), b"")]
+            )
             self.index.delete(tombstone)
             self._retire(object_id, meta)
         return tombstone
@@ -394,15 +427,8 @@ class Gateway:
                 self.keys, bucket, op.key, version, op.data, policy, op.content_type
             )
             plans.append((op, current, meta, policy, ciphertext))
-        written = []
-        try:
-            for op, _, meta, policy, ciphertext in plans:
-                self._store_version(ids[op.key], meta, policy, ciphertext)
-                written.append((ids[op.key], meta, policy))
-        except KvsError:
-            for object_id, meta, policy in written:
-                self._delete_fragments(object_id, meta.version, policy.fragments)
-            raise
+        # every fragment of every operation at once: puts to one node share its fsyncs
+        self._store_versions([(ids[op.key], m, policy, c) for op, _, m, policy, c in plans])
         self.index.commit_batch(
             [m for op, _, m, _, _ in plans if not op.delete],
             [m for op, _, m, _, _ in plans if op.delete],
@@ -432,7 +458,7 @@ class Gateway:
             fragments, _ = self._read_fragments(object_id, meta)
             ciphertext = reassemble(self.coder, fragments)
             moved = replace(meta, version=meta.version + 1, policy=str(policy))
-            self._store_version(object_id, moved, policy, ciphertext)
+            self._store_versions([(object_id, moved, policy, ciphertext)])
             self.index.put(moved)
             self._retire(object_id, meta)
         return moved

@@ -81,17 +81,28 @@ class PackStore:
         return head + data, len(head)
 
     def put(self, fragment_id: str, data: bytes) -> None:
-        record, head = self._record(_PUT, fragment_id, data)
+        self.put_many([(fragment_id, data)])
+
+    def put_many(self, fragments: list[tuple[str, bytes]]) -> None:
+        """Append every (fragment id, data) and return once all are durable: one fsync
+        for the lot, or fewer than one each when other puts are waiting too."""
+        placed = []
         with self._lock:
-            if self._file.size + len(record) > PACK_LIMIT and self._file.size > 0:
-                self._file.close()
-                self._number += 1
-                self._file = GroupCommitFile(self._path(self._number))
-            file, number = self._file, self._number
-            ticket, offset = file.write(record)
-        file.wait(ticket)
+            for fragment_id, data in fragments:
+                record, head = self._record(_PUT, fragment_id, data)
+                if self._file.size + len(record) > PACK_LIMIT and self._file.size > 0:
+                    self._file.close()  # after writing what other puts queued in it
+                    self._number += 1
+                    self._file = GroupCommitFile(self._path(self._number))
+                ticket, offset = self._file.write(record)
+                placed.append(
+                    (fragment_id, self._file, ticket, self._number, offset + head, len(data))
+                )
+        for _, file, ticket, _, _, _ in placed:
+            file.wait(ticket)
         with self._lock:
-            self._index[fragment_id] = (number, offset + head, len(data))
+            for fragment_id, _, _, number, offset, length in placed:
+                self._index[fragment_id] = (number, offset, length)
 
     def get(self, fragment_id: str) -> bytes | None:
         with self._lock:
