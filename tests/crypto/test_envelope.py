@@ -1,4 +1,5 @@
 import io
+import os
 
 import pytest
 from hypothesis import given, settings
@@ -64,6 +65,22 @@ def test_stream_round_trip_whatever_the_input_pieces(size, cuts, aad):
     pieces.append(rest)
     sealed = b"".join(seal_stream(KEY, pieces, aad))
     assert b"".join(open_stream(KEY, io.BytesIO(sealed), aad)) == payload
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes, st.integers(0, 3 * PACKAGE_SIZE + 200), st.booleans())
+def test_open_bytes_agrees_with_open_stream_on_whole_and_cut_streams(size, cut, whole):
+    """open_bytes decrypts in place; it must accept and refuse exactly what the streaming
+    reader does, including streams cut anywhere."""
+    sealed = seal_bytes(KEY, os.urandom(size), b"aad")
+    blob = sealed if whole else sealed[:cut]
+    try:
+        expected = b"".join(open_stream(KEY, io.BytesIO(blob), b"aad"))
+    except (IntegrityError, FormatError) as exc:
+        with pytest.raises(type(exc)):
+            open_bytes(KEY, blob, b"aad")
+    else:
+        assert open_bytes(KEY, blob, b"aad") == expected
 
 
 def _packages(sealed: bytes) -> tuple[bytes, list[bytes]]:

@@ -57,6 +57,11 @@ class PiecewiseResponse(Response):
 
     PIECE = 256 * 1024
 
+    def render(self, content) -> bytes | bytearray | memoryview:
+        if isinstance(content, (bytearray, memoryview)):  # e.g. a buffer decrypted into
+            return content
+        return super().render(content)
+
     async def __call__(self, scope, receive, send) -> None:
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}

@@ -140,7 +140,7 @@ def encrypt_object(
     return meta, ciphertext
 
 
-def decrypt_object(keys: KvsKeys, meta: ObjectMeta, ciphertext: bytes) -> bytes:
+def decrypt_object(keys: KvsKeys, meta: ObjectMeta, ciphertext: bytes | memoryview) -> bytearray:
     aad = _object_aad(meta.bucket, meta.key, meta.data_version)
     try:
         data_key = open_sealed(keys.wrap_key, bytes.fromhex(meta.wrapped_key), aad)
@@ -179,7 +179,7 @@ class Fragment:
     m: int
     length: int  # ciphertext length
     meta: bytes  # sealed ObjectMeta
-    payload: bytes
+    payload: bytes | memoryview  # a view into the fragment it was read from
 
     def header(self) -> dict:
         return {
@@ -204,13 +204,13 @@ class Fragment:
         """Verify a fragment's MAC and parse it, whatever it claims to be."""
         if len(blob) < 8 + MAC_SIZE or blob[:4] != MAGIC:
             raise FragmentInvalid("not a fragment")
-        body, tag = blob[:-MAC_SIZE], blob[-MAC_SIZE:]
+        body = memoryview(blob)[:-MAC_SIZE]  # views: a fragment can be megabytes
         try:
-            verify_mac(keys.mac_key, body, tag)
+            verify_mac(keys.mac_key, body, blob[-MAC_SIZE:])
         except CryptoError as exc:
             raise FragmentInvalid("MAC fails (corrupted or forged)") from exc
         (length,) = struct.unpack(">I", body[4:8])
-        header = canonical.decode(body[8 : 8 + length])
+        header = canonical.decode(bytes(body[8 : 8 + length]))
         return cls(
             header["o"],
             header["v"],
@@ -247,10 +247,11 @@ def make_fragments(
     policy: Policy,
     object_id: str,
     version: int,
-    ciphertext: bytes,
+    ciphertext: bytes | memoryview,
     meta: bytes,
 ) -> list[Fragment]:
     """Replicas first (indices 0..R-1), then K+M coded shares."""
+    ciphertext = bytes(ciphertext)  # a replica read back is a view; the coders want bytes
     common = (object_id, version)
     out = [
         Fragment(
@@ -277,7 +278,7 @@ def make_fragments(
     return out
 
 
-def reassemble(coder: ErasureCoder, fragments: list[Fragment]) -> bytes:
+def reassemble(coder: ErasureCoder, fragments: list[Fragment]) -> bytes | memoryview:
     """The ciphertext from one replica or any K coded shares."""
     for fragment in fragments:
         if fragment.kind == "r":

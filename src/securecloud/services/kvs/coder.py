@@ -25,6 +25,17 @@ def _split(data: bytes, k: int) -> list[bytes]:
     return [padded[i * size : (i + 1) * size] for i in range(k)]
 
 
+def _join(blocks, length: int) -> bytes:
+    """The first `length` bytes of the blocks end to end, copied once (shares can be
+    memoryviews of the fragments they came in)."""
+    out, need = [], length
+    for block in blocks:
+        piece = memoryview(block)[:need]
+        out.append(piece)
+        need -= len(piece)
+    return b"".join(out)
+
+
 class ZfecCoder:
     name = "zfec"
 
@@ -36,12 +47,12 @@ class ZfecCoder:
 
     def decode(self, shares: dict[int, bytes], k: int, m: int, length: int) -> bytes:
         if all(i in shares for i in range(k)):
-            return b"".join(shares[i] for i in range(k))[:length]
+            return _join([shares[i] for i in range(k)], length)
         import zfec
 
         chosen = sorted(shares)[:k]
-        blocks = zfec.Decoder(k, k + m).decode([shares[i] for i in chosen], chosen)
-        return b"".join(blocks)[:length]
+        blocks = zfec.Decoder(k, k + m).decode([bytes(shares[i]) for i in chosen], chosen)
+        return _join(blocks, length)
 
 
 class PyeclibCoder:
@@ -63,7 +74,8 @@ class PyeclibCoder:
         return list(self._driver(k, m).encode(data))
 
     def decode(self, shares: dict[int, bytes], k: int, m: int, length: int) -> bytes:
-        return bytes(self._driver(k, m).decode([shares[i] for i in sorted(shares)[:k]]))[:length]
+        chosen = [bytes(shares[i]) for i in sorted(shares)[:k]]
+        return bytes(self._driver(k, m).decode(chosen))[:length]
 
 
 CODERS = {"zfec": ZfecCoder, "pyeclib": PyeclibCoder}

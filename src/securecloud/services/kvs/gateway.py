@@ -345,7 +345,8 @@ class Gateway:
             raise NotFound(f"no object {bucket}/{key}", reason="no-such-key")
         return meta
 
-    def get(self, bucket: str, key: str) -> tuple[ObjectMeta, bytes]:
+    def get(self, bucket: str, key: str) -> tuple[ObjectMeta, bytearray]:
+        """The object's current version; the data is the buffer it was decrypted into."""
         meta = self.head(bucket, key)
         object_id = self.keys.object_id(bucket, key)
         fragments, bad = self._read_fragments(object_id, meta)

@@ -296,7 +296,7 @@ def install(app: FastAPI, gateway: Gateway, keys: KeyStore) -> None:
                 start, end = _parse_range(range_header, meta.size)
                 headers["Content-Range"] = f"bytes {start}-{end}/{meta.size}"
                 return Response(
-                    data[start : end + 1],
+                    bytes(memoryview(data)[start : end + 1]),
                     status_code=206,
                     headers=headers,
                     media_type=meta.content_type,
