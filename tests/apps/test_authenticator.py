@@ -48,7 +48,7 @@ class DictStorage:
 
     def list(self, bucket, prefix="", start_after="", limit=1000):
         keys = sorted(k for k in self.objects if k.startswith(prefix) and k > start_after)
-        return [{"key": k} for k in keys[:limit]]
+        return [{"key": k, "size": len(self.objects[k])} for k in keys[:limit]]
 
 
 @pytest.fixture

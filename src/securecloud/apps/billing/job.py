@@ -20,6 +20,7 @@ simulation has none to protect).
 from __future__ import annotations
 
 import datetime as dt
+import mmap
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -53,15 +54,19 @@ def bill_key(period: bills.Period, meter_id: int) -> str:
     return f"bills/{period.start.isoformat()}+{period.days}d/{meter_id:010d}.json"
 
 
-def _segments(storage, meters: set[int], period: bills.Period):
-    """(authenticator, key) of every segment of the meters' groups, from the day before
-    the period (the opening readings) to its last day."""
+def _segments(storage, meters: set[int], period: bills.Period) -> list[tuple[str, int]]:
+    """(key, size) of every segment of the meters' groups, from the day before the period
+    (the opening readings) to its last day."""
     groups = sorted({store.group_of(m) for m in meters})
-    for offset in range(-1, period.days):
-        day = period.start + dt.timedelta(days=offset)
-        for group in groups:
-            for key in store.list_keys(storage, f"readings/{day.isoformat()}/{group:05d}/"):
-                yield store.authenticator_of(key), key
+    return [
+        found
+        for offset in range(-1, period.days)
+        for group in groups
+        for found in store.list_sized(
+            storage,
+            f"readings/{(period.start + dt.timedelta(days=offset)).isoformat()}/{group:05d}/",
+        )
+    ]
 
 
 def load_signed(
@@ -71,14 +76,14 @@ def load_signed(
     by_meter: dict[int, list[SignedReading]] = {m: [] for m in meters}
     roots: dict = {}
     checked: dict[str, dict] = {}  # authenticator -> batch signatures already verified
-    for authenticator, key in _segments(storage, meters, period):
+    for key, _ in _segments(storage, meters, period):
         found, cited = from_segment(
             key,
             storage.get(store.BUCKET, key),
             regulator_keys,
             meters,
             proofs,
-            checked.setdefault(authenticator, {}),
+            checked.setdefault(store.authenticator_of(key), {}),
         )
         roots.update(cited)
         for reading in found:
@@ -112,22 +117,16 @@ def verified_rows(storage, key: str, wanted: np.ndarray, regulator_keys, checked
     for field in ("meter", "counter", "timestamp", "energy"):
         out[field] = table[field][rows]
     out["demand"] = table["totals"][rows, 4]
-    out["hash"] = segment.hashes[rows]
+    out["hash"] = np.take(segment.hashes, rows)
     return out
 
 
 def _by_meter(parts: list[np.ndarray]) -> np.ndarray:
     """The segments' rows in one array grouped by meter, in segment order within a meter."""
     rows = np.concatenate(parts) if parts else np.zeros(0, dtype=VERIFIED_DTYPE)
-    return rows[np.argsort(rows["meter"], kind="stable")]
-
-
-def _by_share(rows: np.ndarray, firsts: np.ndarray) -> list[np.ndarray]:
-    """`rows` cut into shares of meters (share i: from firsts[i] up to firsts[i + 1]),
-    keeping their order."""
-    share = np.searchsorted(firsts, rows["meter"], side="right") - 1
-    order = np.argsort(share, kind="stable")
-    return np.split(rows[order], np.searchsorted(share[order], np.arange(1, len(firsts))))
+    # np.take, not rows[order]: indexing a structured array copies field by field, 5×
+    # slower (0.25 s against 0.04 s for 1.2 M rows)
+    return np.take(rows, np.argsort(rows["meter"], kind="stable"))
 
 
 def _columns(rows: np.ndarray) -> bills.Columns:
@@ -189,12 +188,13 @@ def _store_bills(storage, period: bills.Period, made: list[dict]) -> None:
         )
 
 
-# A worker process's state: the job's context (inherited by fork) and its own KVS
-# connection, since a connection must not be shared across processes.
+# A worker process's state: the job's context (inherited by fork), its own KVS connection
+# (a connection must not be shared across processes) and the rows buffer it shares with
+# the other workers.
 _worker: dict = {}
 
 
-def _start_worker(context: BillingContext, wanted, firsts, period, issued) -> None:
+def _start_worker(context: BillingContext, wanted, firsts, period, issued, shared) -> None:
     _worker.update(
         context=context,
         storage=context.storage.reopen(),
@@ -203,19 +203,30 @@ def _start_worker(context: BillingContext, wanted, firsts, period, issued) -> No
         period=period,
         issued=issued,
         checked={},
+        rows=np.frombuffer(shared, dtype=VERIFIED_DTYPE),
     )
 
 
-def _verify_in_worker(key: str) -> list[np.ndarray]:
+def _verify_in_worker(segment: tuple[str, int, int]) -> list[int]:
+    """Verify one segment and put its rows for the item in the shared buffer from `start`
+    (room for `room` rows), ordered by share of meters; returns the rows of each share."""
+    key, start, room = segment
     w = _worker
     rows = verified_rows(w["storage"], key, w["wanted"], w["context"].regulator_keys, w["checked"])
-    return _by_share(rows, w["firsts"])
+    if len(rows) > room:  # the segment grew since it was listed: the item is retried
+        raise RuntimeError(f"{key} holds more records than when it was listed")
+    share = np.searchsorted(w["firsts"], rows["meter"], side="right") - 1
+    order = np.argsort(share, kind="stable")
+    np.take(rows, order, out=w["rows"][start : start + len(rows)])
+    return np.bincount(share, minlength=len(w["firsts"])).tolist()
 
 
-def _bill_in_worker(share: tuple[list[int], list[np.ndarray]]) -> list[dict]:
-    meters, pieces = share
+def _bill_in_worker(share: tuple[list[int], list[tuple[int, int]]]) -> list[dict]:
+    """Bill and store a share of meters from its rows' places in the shared buffer."""
+    meters, places = share
     w = _worker
-    made = _bill_all(w["context"], _by_meter(pieces), meters, w["period"], w["issued"])
+    rows = _by_meter([w["rows"][a:b] for a, b in places])
+    made = _bill_all(w["context"], rows, meters, w["period"], w["issued"])
     _store_bills(w["storage"], w["period"], made)
     return made
 
@@ -223,21 +234,36 @@ def _bill_in_worker(share: tuple[list[int], list[np.ndarray]]) -> list[dict]:
 def _bill_in_processes(
     context: BillingContext, meters: list[int], period: bills.Period, issued: int, workers: int
 ) -> list[dict]:
-    """Each segment is read and verified by one worker, which hands back the item's rows
-    cut by share of meters; then each worker bills a share and stores its bills."""
+    """Each segment is read and verified by one worker, which leaves the item's rows in a
+    buffer shared by all workers (an anonymous shared mapping made before the fork: no
+    row goes through a pipe); then each worker bills a share of meters and stores its
+    bills."""
     chosen = np.array(sorted(set(meters)), dtype=np.uint32)
     shares = np.array_split(chosen, min(len(chosen), 4 * workers))  # 4 each, for balance
     firsts = np.array([share[0] for share in shares], dtype=np.uint32)
-    keys = [key for _, key in _segments(context.storage, set(meters), period)]
-    with ProcessPoolExecutor(
-        workers,
-        mp_context=multiprocessing.get_context("fork"),
-        initializer=_start_worker,
-        initargs=(context, chosen, firsts, period, issued),
-    ) as pool:
-        per_segment = list(pool.map(_verify_in_worker, keys))
-        jobs = [(share.tolist(), [cut[i] for cut in per_segment]) for i, share in enumerate(shares)]
-        by_meter = {b["meter"]: b for made in pool.map(_bill_in_worker, jobs) for b in made}
+    segments, start = [], 0
+    for key, size in _segments(context.storage, set(meters), period):
+        room = size // store.RECORD_SIZE  # at most this many records
+        segments.append((key, start, room))
+        start += room
+    shared = mmap.mmap(-1, max(1, start * VERIFIED_DTYPE.itemsize))
+    try:
+        with ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_start_worker,
+            initargs=(context, chosen, firsts, period, issued, shared),
+        ) as pool:
+            per_segment = list(pool.map(_verify_in_worker, segments))
+            places: list[list[tuple[int, int]]] = [[] for _ in shares]
+            for (_, at, _), counts in zip(segments, per_segment, strict=True):
+                for i, count in enumerate(counts):
+                    places[i].append((at, at + count))
+                    at += count
+            jobs = [(share.tolist(), places[i]) for i, share in enumerate(shares)]
+            by_meter = {b["meter"]: b for made in pool.map(_bill_in_worker, jobs) for b in made}
+    finally:
+        shared.close()
     return [by_meter[m] for m in meters]
 
 
@@ -263,7 +289,7 @@ def bill_meters(
     rows = _by_meter(
         [
             verified_rows(context.storage, key, wanted, context.regulator_keys, checked)
-            for _, key in _segments(context.storage, set(meters), period)
+            for key, _ in _segments(context.storage, set(meters), period)
         ]
     )
     made = _bill_all(context, rows, meters, period, issued)

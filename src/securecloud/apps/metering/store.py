@@ -89,13 +89,18 @@ def authenticator_of(key: str) -> str:
     return key.rsplit("/", 1)[1].rpartition("-")[0]
 
 
+def list_sized(storage, prefix: str, bucket: str = BUCKET) -> list[tuple[str, int]]:
+    """(key, size in bytes) of every object under `prefix`, across the KVS's pages of 1,000."""
+    found, start = [], ""
+    while listed := storage.list(bucket, prefix, start, 1000):
+        found += [(item["key"], item["size"]) for item in listed]
+        start = listed[-1]["key"]
+    return found
+
+
 def list_keys(storage, prefix: str, bucket: str = BUCKET) -> list[str]:
     """Every key under `prefix`, across the KVS's pages of 1,000."""
-    keys, start = [], ""
-    while listed := storage.list(bucket, prefix, start, 1000):
-        keys += [item["key"] for item in listed]
-        start = listed[-1]["key"]
-    return keys
+    return [key for key, _ in list_sized(storage, prefix, bucket)]
 
 
 def state_key(authenticator: str) -> str:
