@@ -12,9 +12,10 @@ reading's audit path derived from the same ranges.
 The work is about three SHA-256 calls per reading (leaf, range, the bill's own
 root) and Python makes them on one core per process, so `bill_meters` shares
 it among forked worker processes. They are the job's own code and hold what it
-holds (the KVS key, the utility key); here they exchange readings over pipes.
-With a TEE the runtime must protect those pipes as it protects the job (this
-simulation has none to protect).
+holds (the KVS key, the utility key); they hand verified readings to each other
+in memory shared among them. With a TEE that memory must be the enclave's own
+(all workers in one enclave, as with threads) or the runtime must protect it as it
+protects the job; this simulation has none to protect.
 """
 
 from __future__ import annotations
@@ -279,7 +280,8 @@ def bill_meters(
     With `workers` > 1 (default: one per core) and a storage that can `reopen` its
     connection, the work runs in that many forked processes (`_bill_in_processes`):
     Python hashes on one core per process and hashing is most of the cost. Only the
-    56 bytes a bill needs of each of the item's records cross between processes."""
+    56 bytes a bill needs of each of the item's records are handed over, in memory
+    the workers share."""
     if workers is None:
         workers = os.cpu_count() or 1
     if workers > 1 and len(meters) > 1 and hasattr(context.storage, "reopen"):
