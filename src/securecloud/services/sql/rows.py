@@ -12,6 +12,8 @@ from __future__ import annotations
 import operator
 import struct
 
+import numpy as np
+
 from securecloud.services.sql.catalog import PRIMARY, Table
 from securecloud.services.sql.errors import NotNullViolation, TypeMismatch
 from securecloud.services.sql.keys import SIGN as _SIGN
@@ -84,6 +86,20 @@ class RowCodec:
         self.no_nulls = bytes(self.bitmap)
         combined = self.key_positions + self.positions  # key values, then value columns
         where = {position: i for i, position in enumerate(combined)}
+        self.where = where
+        # The same layouts as NumPy records, to decode a scan's chunk a column at a time
+        self.key_dtype = self.value_dtype = None
+        if self.int_keys is not None and self.positions and not self.variable:
+            self.key_dtype = np.dtype(
+                [("prefix", f"V{self.key_start}")]
+                + [(f, t) for j in range(len(self.key_positions)) for f, t in
+                   ((f"t{j}", "u1"), (f"k{j}", ">u8"))]
+            )  # fmt: skip
+            self.value_dtype = np.dtype(
+                [("nulls", "u1", (self.bitmap,))]
+                + [(f"c{j}", "<i8" if a == "integer" else "<f8") for j, a in
+                   enumerate(self.affinities)]
+            )  # fmt: skip
         self.reorder = operator.itemgetter(*[where[i] for i in range(len(table.columns))])
         self.single = len(table.columns) == 1
         # the common write: every value already of its column's type (so no NULL), and
@@ -163,3 +179,42 @@ class RowCodec:
         for position, v in zip(self.key_positions, keys, strict=True):
             row[position] = v
         return row
+
+    def chunk_columns(self, chunk: list) -> ChunkColumns | None:
+        """The rows of a scan's chunk decoded a column at a time (NumPy), when every row
+        has integer keys and numeric values without NULL; else None (decode row by row)."""
+        if self.value_dtype is None or not chunk:
+            return None
+        values = b"".join([v for _, v in chunk])
+        keys = b"".join([k for k, _ in chunk])
+        if (
+            len(values) != len(chunk) * self.value_dtype.itemsize
+            or len(keys) != len(chunk) * self.key_dtype.itemsize
+        ):
+            return None
+        decoded = np.frombuffer(values, self.value_dtype)
+        if decoded["nulls"].any():
+            return None
+        return ChunkColumns(self, np.frombuffer(keys, self.key_dtype), decoded)
+
+
+class ChunkColumns:
+    """A chunk's columns, each turned into a list of Python values when first asked for:
+    an aggregate over three of thirty columns decodes three, for the whole chunk in C,
+    instead of every column of every row in a struct call and a tuple per row."""
+
+    def __init__(self, codec: RowCodec, keys: np.ndarray, values: np.ndarray):
+        self.codec, self.keys, self.values = codec, keys, values
+        self.lists: dict[int, list] = {}
+
+    def column(self, number: int) -> list:
+        found = self.lists.get(number)
+        if found is None:
+            j = self.codec.where[number]
+            count = len(self.codec.key_positions)
+            if j < count:  # stored offset by 2**63: flipping the top bit gives the value
+                found = (self.keys[f"k{j}"].astype(np.uint64) ^ np.uint64(_SIGN)).view(np.int64)
+            else:
+                found = self.values[f"c{j - count}"]
+            found = self.lists[number] = found.tolist()
+        return found

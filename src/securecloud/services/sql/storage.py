@@ -28,6 +28,7 @@ cache inside the trusted process; the KVS only ever sees ciphertext.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import json
 import logging
@@ -308,9 +309,13 @@ class Store:
 
     def _memtable_chunks(self, start: int, end: int, reverse: bool, first: int = 16):
         """Memtable positions start..end in slices (_slices), deletes as None."""
-        keys, values = self.memtable.keys(), self.memtable.values()
+        keys = self.memtable.keys()
+        lookup = functools.partial(dict.__getitem__, self.memtable)  # C speed, unlike
+        # sortedcontainers' values view, whose slices look keys up in a Python loop
+        second = itemgetter(1)
         for i, j in _slices(start, end, reverse, first):
-            chunk = [(k, v[1]) for k, v in zip(keys[i:j], values[i:j], strict=True)]
+            sliced = keys[i:j]
+            chunk = list(zip(sliced, map(second, map(lookup, sliced)), strict=True))
             if reverse:
                 chunk.reverse()
             yield chunk

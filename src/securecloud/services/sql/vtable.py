@@ -11,7 +11,6 @@ to the session (engine.Session), which enforces keys and maintains indexes.
 
 from __future__ import annotations
 
-import bisect
 import functools
 import itertools
 import json
@@ -206,6 +205,7 @@ class Cursor:
         self.i = 0
         self.current = None
         self.decoded = None
+        self.columns = None  # the chunk decoded by column (rows.ChunkColumns), False: by row
 
     def Filter(self, indexnum, indexname, args):
         plan = _plan(indexname)
@@ -252,34 +252,21 @@ class Cursor:
                     continue  # SQLite checks this constraint itself
         base = index_prefix(self.table.id, index_id)
         end, position = prefix_end(base), base
-        first = len(base)
-        while True:
-            chunk = next(iter(self.session.scan_chunks(position, end, first=CHUNK)), None)
-            if chunk is None:
+        while position is not None:
+            # one entry tells which value of the first column comes next ...
+            head = next(iter(self.session.scan_chunks(position, end, first=1)), None)
+            if head is None:
                 return
-            kept, i, last = [], 0, len(chunk)
-            while i < last:
-                key = chunk[i][0]
-                _, cut = decode_value(key, first, descending[0])
-                group = key[:cut]
-                low, high = _narrow(group, spec, descending[1])
-                start = bisect.bisect_left(chunk, (low,), i)
-                stop = last if high is None else bisect.bisect_left(chunk, (high,), start)
-                kept += chunk[start:stop]
-                if stop == last:
-                    position = max(low, chunk[-1][0] + b"\x00")  # the run goes on past the chunk
-                    break
-                following = prefix_end(group)
-                if following is None:
-                    i = last
-                    position = None
-                    break
-                i = bisect.bisect_left(chunk, (following,), stop)
-                position = following
-            if kept:
-                yield kept
-            if position is None:
-                return
+            key = head[0][0]
+            group = key[: decode_value(key, len(base), descending[0])[1]]
+            # ... then exactly its matching run is read: no source hands over entries
+            # past it, so chunks from several sources rarely need merging
+            low, high = _narrow(group, spec, descending[1])
+            if high is None:
+                high = end
+            if high is None or low < high:
+                yield from self.session.scan_chunks(low, high, first=CHUNK)
+            position = prefix_end(group)
 
     def _rows_of(self, entries: list, indexed: int) -> list:
         pk_count = len(self.table.primary_key)
@@ -306,12 +293,18 @@ class Cursor:
                 self.chunk, self.current = [], None
                 return
             self.i = 0
+            self.columns = None
         self.current = self.chunk[self.i]
         self.session.rows_read += 1
 
     def Column(self, number: int):
         if number == -1:
             return self.session.handle(self.current[0])
+        columns = self.columns
+        if columns is None:  # the chunk's first column asked for
+            columns = self.columns = self.codec.chunk_columns(self.chunk) or False
+        if columns:
+            return columns.column(number)[self.i]
         row = self.decoded
         if row is None:
             row = self.decoded = self.codec.row(*self.current)
