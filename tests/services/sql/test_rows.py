@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from securecloud.services.sql.engine import Database
 from securecloud.services.sql.keys import encode_values
+from securecloud.services.sql.rows import BY_COLUMN_FROM
 from securecloud.services.sql.storage import Store
 from tests.services.sql.memory import MemoryObjects
 
@@ -24,16 +25,22 @@ def _codec():
     return session.database.codec("m")
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     st.lists(
-        st.tuples(INT64, INT64, REAL, st.one_of(st.none(), INT64), REAL),
-        min_size=1,
-        max_size=40,
+        st.tuples(INT64, INT64, REAL, INT64, REAL),
+        min_size=BY_COLUMN_FROM,
+        max_size=BY_COLUMN_FROM + 40,
         unique_by=lambda r: (r[0], r[1]),
-    )
+    ),
+    st.one_of(st.none(), st.integers(0, BY_COLUMN_FROM - 1)),
 )
-def test_a_chunk_decodes_by_column_as_it_does_by_row(rows):
+def test_a_chunk_decodes_by_column_as_it_does_by_row(rows, null_at):
+    """Any integer keys (the stored order flips their top bit) and numeric values; one
+    NULL anywhere sends the chunk back to row-by-row decoding."""
+    if null_at is not None:
+        a, b, x, _, y = rows[null_at]
+        rows[null_at] = (a, b, x, None, y)
     codec = _codec()
     chunk = [
         (codec.primary_prefix + encode_values([a, b]), codec.encode([a, b, x, n, y]))
@@ -41,20 +48,21 @@ def test_a_chunk_decodes_by_column_as_it_does_by_row(rows):
     ]
     by_row = [codec.row(key, value) for key, value in chunk]
     columns = codec.chunk_columns(chunk)
-    if any(n is None for _, _, _, n, _ in rows):
-        assert columns is None  # a NULL anywhere: the chunk is decoded row by row
+    if null_at is not None:
+        assert columns is None
         return
     for number in range(5):
         decoded = columns.column(number)
         assert decoded == [row[number] for row in by_row]
         assert [type(v) for v in decoded] == [type(row[number]) for row in by_row]
+    assert codec.chunk_columns(chunk[: BY_COLUMN_FROM - 1]) is None  # small: by row
 
 
 def test_text_columns_are_decoded_by_row():
     session = Database(Store(MemoryObjects())).session()
     session.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, s TEXT)")
     codec = session.database.codec("t")
-    chunk = [(codec.primary_prefix + encode_values([1]), codec.encode([1, "x"]))]
+    chunk = [(codec.primary_prefix + encode_values([k]), codec.encode([k, "x"])) for k in range(99)]
     assert codec.chunk_columns(chunk) is None
 
 

@@ -24,6 +24,9 @@ _ZERO = {"integer": 0, "real": 0.0, "text": 0, "blob": 0}
 
 
 _EXACT = {"integer": int, "real": float, "text": str, "blob": bytes}
+# Fewer rows are decoded one by one: a LIMIT 1 scan's first chunk holds 16, and
+# setting up NumPy for every column of 16 rows cost more than it saved
+BY_COLUMN_FROM = 64
 
 
 def coerce(value, affinity: str, column: str):
@@ -183,7 +186,7 @@ class RowCodec:
     def chunk_columns(self, chunk: list) -> ChunkColumns | None:
         """The rows of a scan's chunk decoded a column at a time (NumPy), when every row
         has integer keys and numeric values without NULL; else None (decode row by row)."""
-        if self.value_dtype is None or not chunk:
+        if self.value_dtype is None or len(chunk) < BY_COLUMN_FROM:
             return None
         values = b"".join([v for _, v in chunk])
         keys = b"".join([k for k, _ in chunk])
