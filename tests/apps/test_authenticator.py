@@ -239,3 +239,17 @@ def test_batch_leaves_sort_into_one_record_range_per_segment():
     for index, leaf in enumerate(ordered):
         expected = (42).to_bytes(4, "big") + index.to_bytes(4, "big") + leaf
         assert records[index * size : (index + 1) * size] == expected
+
+
+@pytest.mark.parametrize(("objects", "calls"), [(0, 1), (9, 1), (10, 2), (21, 3)])
+def test_listing_pages_through_every_object_and_stops_at_a_short_page(monkeypatch, objects, calls):
+    monkeypatch.setattr(store, "LIST_PAGE", 10)
+    storage = DictStorage()
+    storage.objects = {f"readings/x/{i:03d}": b"r" * i for i in range(objects)}
+    storage.objects["readings/y/000"] = b"other prefix"
+    asked = []
+    listing = storage.list
+    storage.list = lambda *args: asked.append(args) or listing(*args)
+    found = store.list_sized(storage, "readings/x/")
+    assert found == [(f"readings/x/{i:03d}", i) for i in range(objects)]
+    assert len(asked) == calls

@@ -9,7 +9,13 @@ uvicorn: about 0.4 s of start-up each time.
 
 from __future__ import annotations
 
+import http.client
+import json
+from typing import NoReturn
+
 import httpx
+
+from securecloud.infra.bulk_get import BulkGet, BulkResponse
 
 
 class ServiceError(Exception):
@@ -48,14 +54,30 @@ class ApiClient:
         try:
             response = self._http.request(method, path, **kw)
         except httpx.HTTPError as exc:
-            raise self.error(
-                f"{self._http.base_url} unreachable: {exc}", reason="unreachable", status=503
-            ) from exc
+            raise self._unreachable(exc) from exc
         if response.status_code >= 400:
-            try:
-                doc = response.json()
-                detail, reason = doc.get("detail"), doc.get("reason", "error")
-            except ValueError:
-                detail, reason = response.text, "error"
-            raise self.error(str(detail), reason=reason, status=response.status_code)
+            self._refused(response.status_code, response.content)
         return response
+
+    def _get_bulk(self, bulk: BulkGet, path: str) -> BulkResponse:
+        """A GET of a large body through `bulk` (http.client), with `_call`'s errors."""
+        try:
+            got = bulk.get(path)
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._unreachable(exc) from exc
+        if got.status >= 400:
+            self._refused(got.status, got.body)
+        return got
+
+    def _unreachable(self, exc: Exception) -> ServiceError:
+        return self.error(
+            f"{self._http.base_url} unreachable: {exc}", reason="unreachable", status=503
+        )
+
+    def _refused(self, status: int, body: bytes) -> NoReturn:
+        try:
+            doc = json.loads(body)
+            detail, reason = doc.get("detail"), doc.get("reason", "error")
+        except (ValueError, AttributeError):
+            detail, reason = body.decode("utf-8", "replace"), "error"
+        raise self.error(str(detail), reason=reason, status=status)

@@ -106,6 +106,34 @@ def test_a_large_object_comes_back_whole_in_pieces(cluster):
         assert response.headers["content-length"] == str(size)
 
 
+def test_keys_with_url_characters_round_trip_and_errors_keep_their_reason(cluster):
+    """Object bodies come back through http.client (infra.bulk_get), everything else
+    through httpx: both must name the same object for any UTF-8 key and report a
+    missing one as the gateway does."""
+    client = cluster["client"]
+    for key in ("a%41/b", "what?x=1", "hash#tag", "two words", "ação/medição", "a/../b"):
+        data = key.encode() * 3
+        put = client.put("meters", key, data)
+        assert client.get("meters", key) == data
+        assert client.get_versioned("meters", key) == (data, put["version"])
+        assert client.head("meters", key)["x-object-version"] == str(put["version"])
+        assert key in [o["key"] for o in client.list("meters", key)]
+        client.delete("meters", key)
+        with pytest.raises(KvsError) as missing:
+            client.get("meters", key)
+        assert missing.value.status == 404 and missing.value.reason == "no-such-key"
+
+
+def test_a_kept_connection_the_gateway_closed_is_replaced(cluster):
+    """uvicorn closes a connection idle for 5 s; the next GET must still succeed."""
+    client = cluster["client"]
+    client.put("meters", "idle-then-get", b"still here")
+    assert client.get("meters", "idle-then-get") == b"still here"
+    assert len(client._bulk._idle) == 1
+    time.sleep(6)
+    assert client.get("meters", "idle-then-get") == b"still here"
+
+
 def test_node_refuses_requests_without_the_token(cluster):
     port = next(iter(cluster["nodes"]))
     response = httpx.get(f"http://127.0.0.1:{port}/v1/fragments")

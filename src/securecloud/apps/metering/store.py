@@ -89,13 +89,18 @@ def authenticator_of(key: str) -> str:
     return key.rsplit("/", 1)[1].rpartition("-")[0]
 
 
+LIST_PAGE = 1000  # objects per list call
+
+
 def list_sized(storage, prefix: str, bucket: str = BUCKET) -> list[tuple[str, int]]:
     """(key, size in bytes) of every object under `prefix`, across the KVS's pages of 1,000."""
     found, start = [], ""
-    while listed := storage.list(bucket, prefix, start, 1000):
+    while True:
+        listed = storage.list(bucket, prefix, start, LIST_PAGE)
         found += [(item["key"], item["size"]) for item in listed]
+        if len(listed) < LIST_PAGE:  # the last page: no need to ask for an empty one
+            return found
         start = listed[-1]["key"]
-    return found
 
 
 def list_keys(storage, prefix: str, bucket: str = BUCKET) -> list[str]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import ssl
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
 from securecloud.infra.api_client import ApiClient
+from securecloud.infra.bulk_get import BulkGet
 from securecloud.services.kvs.errors import KvsError
 
 
@@ -18,14 +20,15 @@ class KvsClient(ApiClient):
     def __init__(self, url: str, ca_file: Path, key_id: str, secret: str, timeout: float = 120):
         self._args = (url, ca_file, key_id, secret, timeout)
         context = ssl.create_default_context(cafile=str(ca_file))
+        headers = {"Authorization": f"Bearer {key_id}:{secret}"}
         super().__init__(
-            httpx.Client(
-                base_url=url,
-                verify=context,
-                timeout=timeout,
-                headers={"Authorization": f"Bearer {key_id}:{secret}"},
-            )
+            httpx.Client(base_url=url, verify=context, timeout=timeout, headers=headers)
         )
+        self._bulk = BulkGet(url, context, headers, timeout)  # object bodies: see bulk_get
+
+    def close(self) -> None:
+        self._bulk.close()
+        super().close()
 
     def reopen(self) -> KvsClient:
         """A new client with the same credentials and its own connections (for another
@@ -51,21 +54,21 @@ class KvsClient(ApiClient):
             headers["X-Storage-Policy"] = policy
         if if_match is not None:
             headers["If-Match"] = str(if_match)
-        return self._call("PUT", f"/v1/{bucket}/{key}", content=data, headers=headers).json()
+        return self._call("PUT", _object_path(bucket, key), content=data, headers=headers).json()
 
     def get(self, bucket: str, key: str) -> bytes:
-        return self._call("GET", f"/v1/{bucket}/{key}").content
+        return self._get_bulk(self._bulk, _object_path(bucket, key)).body
 
     def get_versioned(self, bucket: str, key: str) -> tuple[bytes, int]:
         """The object and its version (for a later put with if_match)."""
-        response = self._call("GET", f"/v1/{bucket}/{key}")
-        return response.content, int(response.headers["x-object-version"])
+        got = self._get_bulk(self._bulk, _object_path(bucket, key))
+        return got.body, int(got.headers["x-object-version"])
 
     def head(self, bucket: str, key: str) -> dict[str, str]:
-        return dict(self._call("HEAD", f"/v1/{bucket}/{key}").headers)
+        return dict(self._call("HEAD", _object_path(bucket, key)).headers)
 
     def delete(self, bucket: str, key: str) -> None:
-        self._call("DELETE", f"/v1/{bucket}/{key}")
+        self._call("DELETE", _object_path(bucket, key))
 
     def list(
         self, bucket: str, prefix: str = "", start_after: str = "", limit: int = 1000
@@ -85,7 +88,9 @@ class KvsClient(ApiClient):
         ]
 
     def set_policy(self, bucket: str, key: str, policy: str) -> dict:
-        return self._call("PUT", f"/v1-admin/policy/{bucket}/{key}", json={"policy": policy}).json()
+        return self._call(
+            "PUT", f"/v1-admin/policy/{bucket}/{_quoted(key)}", json={"policy": policy}
+        ).json()
 
     def scrub(self, sample: float = 1.0) -> dict:
         return self._call("POST", "/v1-admin/scrub", params={"sample": sample}).json()
@@ -94,4 +99,15 @@ class KvsClient(ApiClient):
         return self._call("POST", "/v1-admin/rebuild-index").json()
 
     def stat(self, bucket: str, key: str) -> dict:
-        return self._call("GET", f"/v1-admin/stat/{bucket}/{key}").json()
+        return self._call("GET", f"/v1-admin/stat/{bucket}/{_quoted(key)}").json()
+
+
+def _quoted(key: str) -> str:
+    """A key is any UTF-8: it travels wholly percent-encoded, '/' and '.' too, so that
+    no client or proxy reads '?', '#' or a '..' segment in it (httpx would resolve
+    'a/../b' to 'b')."""
+    return quote(key, safe="").replace(".", "%2E")
+
+
+def _object_path(bucket: str, key: str) -> str:
+    return f"/v1/{bucket}/{_quoted(key)}"
