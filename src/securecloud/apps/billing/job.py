@@ -113,12 +113,14 @@ def verified_rows(storage, key: str, wanted: np.ndarray, regulator_keys, checked
     except ProofError as exc:
         raise EvidenceError("bad-proof", f"{key}: {exc}") from None
     table = segment.table
-    rows = np.flatnonzero(np.isin(table["meter"], wanted))
-    out = np.empty(len(rows), dtype=VERIFIED_DTYPE)
+    mask = np.isin(table["meter"], wanted)
+    every = bool(mask.all())  # the usual case: an item is whole segment groups
+    rows = slice(None) if every else np.flatnonzero(mask)
+    out = np.empty(len(table) if every else len(rows), dtype=VERIFIED_DTYPE)
     for field in ("meter", "counter", "timestamp", "energy"):
         out[field] = table[field][rows]
     out["demand"] = table["totals"][rows, 4]
-    out["hash"] = np.take(segment.hashes, rows)
+    out["hash"] = segment.hashes[rows]
     return out
 
 
@@ -255,7 +257,13 @@ def _bill_in_processes(
             initializer=_start_worker,
             initargs=(context, chosen, firsts, period, issued, shared),
         ) as pool:
-            per_segment = list(pool.map(_verify_in_worker, segments))
+            # largest first, so that the last segments to finish are small ones and
+            # neither worker waits long for the other before billing starts
+            largest_first = sorted(range(len(segments)), key=lambda i: -segments[i][2])
+            per_segment: list = [None] * len(segments)
+            verified = pool.map(_verify_in_worker, [segments[i] for i in largest_first])
+            for i, counts in zip(largest_first, verified, strict=True):
+                per_segment[i] = counts
             places: list[list[tuple[int, int]]] = [[] for _ in shares]
             for (_, at, _), counts in zip(segments, per_segment, strict=True):
                 for i, count in enumerate(counts):
