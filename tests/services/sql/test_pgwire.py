@@ -1,6 +1,7 @@
 """The PostgreSQL protocol with real clients: psycopg (extended protocol) and psql."""
 
 import os
+import select
 import subprocess
 
 import psycopg
@@ -28,6 +29,59 @@ def test_psycopg_inserts_and_queries_with_parameters(pg_server):
             cursor.execute("SELECT avg(power) AS mean, count(*) FROM sample")
             assert [d.name for d in cursor.description] == ["mean", "count"]
             assert cursor.fetchone() == (9.75, 40)
+
+
+def test_a_statement_prepared_again_under_its_name_is_the_one_that_runs(pg_server):
+    """Binds of binary numbers are decoded by their remembered layout (a bulk INSERT's
+    fast path); preparing or closing a statement of the same name must forget it."""
+    with psycopg.connect(pg_server["conninfo"], autocommit=True) as connection:
+        connection.execute("CREATE TABLE first_t (a BIGINT PRIMARY KEY, b BIGINT)")
+        connection.execute("CREATE TABLE second_t (a BIGINT PRIMARY KEY, b BIGINT)")
+        pgconn = connection.pgconn
+        int8 = [20, 20]
+
+        def run(name: bytes, a: int, b: int) -> None:
+            values = [a.to_bytes(8, "big", signed=True), b.to_bytes(8, "big", signed=True)]
+            result = pgconn.exec_prepared(name, values, param_formats=[1, 1])
+            assert result.status == psycopg.pq.ExecStatus.COMMAND_OK, result.error_message
+
+        pgconn.prepare(b"s", b"INSERT INTO first_t (a, b) VALUES ($1, $2)", int8)
+        run(b"s", 1, 10)
+        run(b"s", 2, 20)
+        pgconn.prepare(b"s", b"INSERT INTO second_t (a, b) VALUES ($1, $2)", int8)
+        run(b"s", 3, 30)
+        _close_statement(pgconn, b"s")
+        gone = pgconn.exec_prepared(b"s", [bytes(8), bytes(8)], param_formats=[1, 1])
+        assert gone.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"26000"
+        pgconn.prepare(b"s", b"INSERT INTO second_t (b, a) VALUES ($1, $2)", int8)
+        run(b"s", 40, 4)
+        assert connection.execute("SELECT a, b FROM first_t ORDER BY a").fetchall() == [
+            (1, 10),
+            (2, 20),
+        ]
+        assert connection.execute("SELECT a, b FROM second_t ORDER BY a").fetchall() == [
+            (3, 30),
+            (4, 40),
+        ]
+
+
+def _close_statement(pgconn, name: bytes) -> None:
+    """Close and Sync, sent and answered without libpq's blocking PQclosePrepared, which
+    (libpq 18 here, over TLS) leaves the Close in its buffer and waits for the answer."""
+    pgconn.send_close_prepared(name)
+    while pgconn.flush():
+        select.select([], [pgconn.socket], [], 5)
+    results = []
+    while True:
+        pgconn.consume_input()
+        if not pgconn.is_busy():
+            result = pgconn.get_result()
+            if result is None:
+                break
+            results.append(result.status)
+        else:
+            select.select([pgconn.socket], [], [], 5)
+    assert results == [psycopg.pq.ExecStatus.COMMAND_OK]
 
 
 def test_errors_carry_their_sqlstate_and_the_session_goes_on(pg_server):

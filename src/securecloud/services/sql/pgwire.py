@@ -30,6 +30,8 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
+from sqlglot import exp
+
 from securecloud.services.sql import introspection
 from securecloud.services.sql.dialect import parse
 from securecloud.services.sql.engine import Database, Result, Session
@@ -45,6 +47,9 @@ _EPOCH_2000 = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 _TYPE_SIZE = {INT8: 8, FLOAT8: 8, BOOL: 1, TEXT: -1, BYTEA: -1}
 MAX_MESSAGE = 64 * 1024 * 1024
 READ_BYTES = 64 * 1024
+REPLY_BYTES = 64 * 1024  # replies held back in a pipeline before they are written
+_ANSWER_NOW = (b"S", b"H", b"Q")
+_KINDS = [bytes([i]) for i in range(256)]  # a message's type byte, without a slice
 _U32 = struct.Struct("!I")
 
 
@@ -59,6 +64,7 @@ _I32 = struct.Struct("!i")
 class Prepared:
     sql: str
     types: list[int]
+    statement: exp.Expression | None = None  # parsed, once it ran as one plain statement
     _decoders: dict = field(default_factory=dict)
     _layouts: dict = field(default_factory=dict)
 
@@ -95,6 +101,34 @@ class Prepared:
         return self._layouts[key]
 
 
+class BindShape:
+    """A Bind of only fixed-size binary numbers (a bulk INSERT's), as bytes: the head up
+    to the first value, the values' Struct, the tail after them. A Bind with the same
+    head and tail and values of the same lengths is decoded by one struct call."""
+
+    __slots__ = (
+        "head",
+        "layout",
+        "lengths",
+        "portal",
+        "prepared",
+        "result_formats",
+        "size",
+        "tail",
+    )
+
+    def __init__(self, head: bytes, tail: bytes, layout, prepared, portal: str, formats: list):
+        self.head, self.tail, self.layout, self.lengths = head, tail, layout[0], layout[1]
+        self.size = len(head) + layout[0].size + len(tail)
+        self.prepared, self.portal, self.result_formats = prepared, portal, formats
+
+    def params(self, body: bytes) -> list | None:
+        if len(body) != self.size or not body.startswith(self.head) or not body.endswith(self.tail):
+            return None
+        unpacked = self.layout.unpack_from(body, len(self.head))
+        return list(unpacked[1::2]) if unpacked[0::2] == self.lengths else None
+
+
 @dataclass
 class Portal:
     prepared: Prepared
@@ -121,6 +155,15 @@ def _message(kind: bytes, payload: bytes = b"") -> bytes:
 
 def _cstr(text: str) -> bytes:
     return text.encode() + b"\x00"
+
+
+@functools.lru_cache(maxsize=256)
+def _complete(tag: str) -> bytes:
+    """CommandComplete (a bulk INSERT sends the same `INSERT 0 1` thousands of times)."""
+    return _message(b"C", _cstr(tag))
+
+
+_BIND_COMPLETE, _NO_DATA = _message(b"2"), _message(b"n")
 
 
 def error_response(error: Exception) -> bytes:
@@ -297,6 +340,14 @@ class Connection:
         self.prepared: dict[str, Prepared] = {}
         self.portals: dict[str, Portal] = {}
         self.skip_to_sync = False
+        self.bind_shape: BindShape | None = None  # the last bulk Bind's layout
+        self.handlers = {
+            b"P": self.parse_message,
+            b"B": self.bind,
+            b"D": self.describe,
+            b"E": self.execute,
+            b"C": self.close_message,
+        }
 
     def read_startup(self) -> dict[str, str]:
         tls = False
@@ -386,21 +437,26 @@ class Connection:
         return _message(b"Z", state)
 
     def loop(self) -> None:
-        """Messages up to a Sync, Flush or Query are handled together and answered in one
-        write; they are cut out of whatever the socket delivered."""
-        pending: list[tuple[bytes, bytes]] = []
+        """Messages are handled as soon as they have arrived whole, so the engine works
+        while the client is still sending a pipeline (a bulk INSERT); the replies go out
+        in one write at a Sync, Flush or Query, or once REPLY_BYTES have gathered."""
         buffer = bytearray()
+        replies: list[bytes] = []
+        held = 0
         while True:
-            complete = _cut_messages(buffer, pending)
-            if complete is None:
-                return  # Terminate
-            if not complete:
+            messages, answer_now = _cut_messages(buffer)
+            for message in messages:
+                if message is None:
+                    return  # Terminate
+                reply = self.handle(*message)
+                if reply:
+                    replies.append(reply)
+                    held += len(reply)
+            if replies and (answer_now or held >= REPLY_BYTES):
+                self.stream.write(b"".join(replies))
+                replies, held = [], 0
+            if not messages:
                 buffer += self.stream.read(READ_BYTES)
-                continue
-            batch, pending = pending, []
-            reply = b"".join(self.handle(*m) for m in batch)
-            if reply:
-                self.stream.write(reply)
 
     # -- messages ---------------------------------------------------------------------
     def handle(self, kind: bytes, body: bytes) -> bytes:
@@ -414,24 +470,21 @@ class Connection:
         if self.skip_to_sync:
             return b""
         try:
-            if kind == b"P":
-                return self.parse_message(body)
-            if kind == b"B":
-                return self.bind(body)
-            if kind == b"D":
-                return self.describe(body)
-            if kind == b"E":
-                return self.execute(body)
-            if kind == b"C":
-                which, name = body[:1], body[1:].split(b"\x00")[0].decode()
-                (self.prepared if which == b"S" else self.portals).pop(name, None)
-                return _message(b"3")
+            handler = self.handlers.get(kind)
+            if handler is not None:
+                return handler(body)
             raise SqlError(f"message type {kind!r} is not supported", "08P01")
         except Exception as exc:
             self.skip_to_sync = True
             if not isinstance(exc, SqlError):
                 log.exception("statement failed")
             return error_response(exc)
+
+    def close_message(self, body: bytes) -> bytes:
+        which, name = body[:1], body[1:].split(b"\x00")[0].decode()
+        (self.prepared if which == b"S" else self.portals).pop(name, None)
+        self.bind_shape = None
+        return _message(b"3")
 
     def _run(self, sql: str, params=None) -> list[Result]:
         answer = introspection.answer(sql, self.session.database)
@@ -465,10 +518,7 @@ class Connection:
                 parts.append(row_description(result, formats))
             if result.rows:
                 parts.append(data_rows(result.rows, formats))
-        if result.tag == "EMPTY":
-            parts.append(_message(b"I"))
-        else:
-            parts.append(_message(b"C", _cstr(result.tag)))
+        parts.append(_message(b"I") if result.tag == "EMPTY" else _complete(result.tag))
         return b"".join(parts)
 
     def parse_message(self, body: bytes) -> bytes:
@@ -477,9 +527,16 @@ class Connection:
         (count,) = struct.unpack_from("!H", rest)
         types = list(struct.unpack_from(f"!{count}I", rest, 2))
         self.prepared[name.decode()] = Prepared(query.decode(), types)
+        self.bind_shape = None
         return _message(b"1")
 
     def bind(self, body: bytes) -> bytes:
+        shape = self.bind_shape
+        if shape is not None:
+            params = shape.params(body)
+            if params is not None:
+                self.portals[shape.portal] = Portal(shape.prepared, params, shape.result_formats)
+                return _BIND_COMPLETE
         portal, rest = body.split(b"\x00", 1)
         statement, rest = rest.split(b"\x00", 1)
         prepared = self.prepared.get(statement.decode())
@@ -490,26 +547,40 @@ class Connection:
         position = 2 + 2 * count
         (nparams,) = struct.unpack_from("!H", rest, position)
         position += 2
-        params = None
+        start, params = position, None
         layout = prepared.layout(tuple(formats), nparams)
         if layout is not None and len(rest) >= position + layout[0].size:
             unpacked = layout[0].unpack_from(rest, position)
             if unpacked[0::2] == layout[1]:  # a bulk INSERT's numbers: one struct call
                 params = list(unpacked[1::2])
                 position += layout[0].size
+        fixed = params is not None
         if params is None:
             params, position = _decode_params(prepared, formats, nparams, rest, position)
         (nresults,) = struct.unpack_from("!H", rest, position)
         result_formats = list(struct.unpack_from(f"!{nresults}H", rest, position + 2))
         self.portals[portal.decode()] = Portal(prepared, params, result_formats)
-        return _message(b"2")
+        if fixed:
+            skipped = len(body) - len(rest)
+            self.bind_shape = BindShape(
+                body[: skipped + start], rest[position:], layout, prepared, portal.decode(),
+                result_formats,
+            )  # fmt: skip
+        return _BIND_COMPLETE
 
     def _portal_result(self, portal: Portal) -> Result:
         if portal.result is None:
-            results = self._run(portal.prepared.sql, portal.params)
+            prepared = portal.prepared
+            if prepared.statement is not None:  # parsed before, one statement, no catalog
+                portal.result = self.session.run(prepared.statement, portal.params)
+                return portal.result
+            results = self._run(prepared.sql, portal.params)
             if len(results) != 1:
                 raise SqlError("one statement per prepared statement", "42601")
             portal.result = results[0]
+            statements = parse(prepared.sql)
+            if len(statements) == 1 and "pg_catalog" not in prepared.sql:
+                prepared.statement = statements[0]
         return portal.result
 
     def describe(self, body: bytes) -> bytes:
@@ -529,7 +600,7 @@ class Connection:
         result = self._portal_result(portal)
         if result.tag.startswith("SELECT") or result.columns:
             return row_description(result, portal.result_formats)
-        return _message(b"n")
+        return _NO_DATA
 
     def execute(self, body: bytes) -> bytes:
         name = body.split(b"\x00")[0].decode()
@@ -538,32 +609,37 @@ class Connection:
             raise SqlError(f'portal "{name}" does not exist', "34000")
         result = self._portal_result(portal)
         if portal.sent:
-            return _message(b"C", _cstr(result.tag))
+            return _complete(result.tag)
         portal.sent = True
         return self._result(result, portal.result_formats, describe=False)
 
 
-def _cut_messages(buffer: bytearray, pending: list) -> bool | None:
-    """Move the complete messages at the head of `buffer` to `pending` up to the first
-    that ends a batch (Sync, Flush, Query; or 10,000 messages): True if one did, False
-    if more bytes are needed, None on Terminate."""
-    position, size = 0, len(buffer)
+def _cut_messages(buffer: bytearray) -> tuple[list, bool]:
+    """The complete messages at the head of `buffer`, taken out of it, as (kind, body)
+    (None for Terminate, which ends the list), and whether one of them asks for the
+    replies now (Sync, Flush, Query)."""
+    size = len(buffer)
+    if size < 5:
+        return [], False
+    data = bytes(buffer)  # one copy; each body is then one slice of it
+    messages: list = []
+    position, answer_now, unpack = 0, False, _U32.unpack_from
     try:
         while size - position >= 5:
-            kind = bytes(buffer[position : position + 1])
-            (length,) = _U32.unpack_from(buffer, position + 1)
+            (length,) = unpack(data, position + 1)
             if not 4 <= length <= MAX_MESSAGE:
                 raise ProtocolViolation(f"message length {length}")
             end = position + 1 + length
             if end > size:
-                return False
+                break
+            kind = _KINDS[data[position]]
             if kind == b"X":
-                return None
-            pending.append((kind, bytes(buffer[position + 5 : end])))
+                messages.append(None)
+                break
+            messages.append((kind, data[position + 5 : end]))
             position = end
-            if kind in (b"S", b"H", b"Q") or len(pending) >= 10000:
-                return True
-        return False
+            answer_now = answer_now or kind in _ANSWER_NOW
+        return messages, answer_now
     finally:
         del buffer[:position]
 
