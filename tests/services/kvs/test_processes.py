@@ -278,3 +278,31 @@ def test_gateway_killed_during_an_atomic_batch_shows_all_or_nothing(cluster):
     assert visible in (set(), set(keys)), f"{len(visible)} of {len(keys)} visible"
     if "result" in outcome:
         assert visible == set(keys)
+
+
+def test_two_cascadb_stores_on_one_bucket_take_turns_through_conditional_puts(cluster):
+    """CascaDB's log record goes to the gateway as one binary PUT with If-Match: 0; the
+    second store to write a sequence number is refused (412), reads the other's record
+    and either commits after it or, when it wrote the same row, is told to retry."""
+    from securecloud.services.sql.objects import KvsObjects
+    from securecloud.services.sql.storage import Store, WriteConflict
+    from securecloud.services.sql.writes import Writes
+
+    client = cluster["client"]
+    client.create_bucket("cascadb-shared")
+
+    def writes(**entries: str) -> Writes:
+        out = Writes()
+        for key, value in entries.items():
+            out[key.encode()] = value.encode()
+        return out
+
+    first = Store(KvsObjects(client, "cascadb-shared"))
+    second = Store(KvsObjects(client, "cascadb-shared"))
+    assert first.commit(writes(a="1"), first.seq) == 1
+    assert second.commit(writes(b="2"), second.seq) == 2  # lost wal/1, caught up, wrote 2
+    assert second.get(b"a") == b"1"
+    with pytest.raises(WriteConflict):
+        first.commit(writes(b="3"), 1)  # began before the other store's write of b
+    assert first.get(b"b") == b"2"
+    assert client.get("cascadb-shared", "wal/0000000000000002")  # the record, as sent

@@ -1,6 +1,6 @@
 """An ObjectStore in memory with the KVS's conditional semantics, for engine tests.
 
-The end-to-end tests (test_server_e2e.py) run the same engine on the real KVS.
+test_serve.py runs the same engine on the real KVS, as `securecloud sql serve`.
 """
 
 from __future__ import annotations

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from securecloud.services.sql.engine import Database
-from securecloud.services.sql.keys import encode_values
+from securecloud.services.sql.keys import KeyEncodingError, encode_values
 from securecloud.services.sql.rows import BY_COLUMN_FROM
 from securecloud.services.sql.storage import Store
 from tests.services.sql.memory import MemoryObjects
@@ -79,3 +80,19 @@ def test_aggregates_over_numeric_rows_with_negatives_extremes_and_nulls():
     assert got == sorted(rows)
     total = session.execute("SELECT sum(x), count(n), min(b) FROM m WHERE a < 10")[-1].rows
     assert total == [(sum(r[2] for r in rows if r[0] < 10), 12, 0)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(INT64, INT64)
+def test_integer_keys_packed_at_once_are_the_keys_encoded_value_by_value(a, b):
+    codec = _codec()
+    assert codec.primary_key([a, b, 0.5, 1, 2.5]) == codec.primary_prefix + encode_values([a, b])
+
+
+def test_keys_that_cannot_be_packed_are_refused_as_value_by_value_encoding_does():
+    codec = _codec()
+    with pytest.raises(KeyEncodingError):
+        codec.primary_key([2**63, 0, 0.5, 1, 2.5])
+    assert codec.primary_key([None, 1, 0.5, 1, 2.5]) == codec.primary_prefix + encode_values(
+        [None, 1]
+    )

@@ -5,15 +5,22 @@ checkpoints and the merges of runs they set off."""
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sortedcontainers import SortedDict
 
 from securecloud.services.sql import storage
 from securecloud.services.sql.storage import Store
+from securecloud.services.sql.writes import Writes
 from tests.services.sql.memory import MemoryObjects
 
 keys = st.binary(min_size=1, max_size=3)
 values = st.one_of(st.none(), st.binary(min_size=1, max_size=40))
 commits = st.lists(st.dictionaries(keys, values, min_size=1, max_size=30), max_size=12)
+
+
+def _writes(entries: dict) -> Writes:
+    writes = Writes()
+    for key, value in entries.items():
+        writes[key] = value
+    return writes
 
 
 def _expected(model: dict, overlay: dict, low: bytes, high: bytes | None, reverse: bool):
@@ -45,13 +52,13 @@ def _check(writes, checkpoints, overlay, low, high, reverse):
     store = Store(MemoryObjects(), checkpoint_entries=10**9)
     model: dict = {}
     for n, batch in enumerate(writes):
-        store.commit(SortedDict(batch), store.seq)
+        store.commit(_writes(batch), store.seq)
         model.update(batch)
         if checkpoints[n]:
             store.checkpoint()
-    got = list(store.scan(low, high, reverse, SortedDict(overlay)))
+    got = list(store.scan(low, high, reverse, _writes(overlay)))
     assert got == _expected(model, overlay, low, high, reverse)
-    assert all(chunk for chunk in store.scan_chunks(low, high, reverse, SortedDict(overlay)))
+    assert all(chunk for chunk in store.scan_chunks(low, high, reverse, _writes(overlay)))
     for key, value in model.items():
         assert store.get(key) == value
     reopened = Store(store.objects)  # manifest + log replay gives the same answers
@@ -69,7 +76,7 @@ def test_runs_stay_few_and_rows_are_rewritten_a_few_times_not_at_every_checkpoin
         batch = {
             meter.to_bytes(2, "big") + t.to_bytes(4, "big"): b"r" * 60 for meter in range(meters)
         }
-        store.commit(SortedDict(batch), store.seq)
+        store.commit(_writes(batch), store.seq)
     store.checkpoint()
     table_bytes = sum(len(objects.objects[n][0]) for run in store.runs for n in run.names)
     assert store.checkpoints == meters * intervals // 500 and store.compactions > 0
@@ -78,12 +85,12 @@ def test_runs_stay_few_and_rows_are_rewritten_a_few_times_not_at_every_checkpoin
     assert len(list(store.scan(b"", None))) == meters * intervals
     # a delete is kept in a newer run while an older run holds the key...
     gone = next(store.scan(b"", None))[0]
-    store.commit(SortedDict({gone: None}), store.seq)
+    store.commit(_writes({gone: None}), store.seq)
     store.checkpoint()
     assert store.runs[0].tombstones and store.runs[0].entries == 1
     assert store.get(gone) is None and next(store.scan(b"", None))[0] != gone
     # ...and dropped when the merge reaches the oldest run
-    store.commit(SortedDict({k: None for k, _ in store.scan(b"", None)}), store.seq)
+    store.commit(_writes({k: None for k, _ in store.scan(b"", None)}), store.seq)
     store.checkpoint()
     assert store.runs == [] and list(store.scan(b"", None)) == []
 
@@ -113,6 +120,39 @@ def test_a_failed_checkpoint_does_not_fail_the_commit_it_follows():
     objects = FailingBatches()
     store = Store(objects, checkpoint_entries=3)
     for n in range(5):
-        store.commit(SortedDict({bytes([n]): b"v"}), store.seq)  # acknowledged: durable
+        store.commit(_writes({bytes([n]): b"v"}), store.seq)  # acknowledged: durable
     assert store.checkpoint_failures >= 1 and store.checkpoints == 0
     assert len(list(Store(objects).scan(b"", None))) == 5  # all in the log
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("put"), keys, values),
+            st.tuples(st.just("undo"), keys, st.none()),
+            st.tuples(st.just("range"), keys, st.one_of(st.none(), keys)),
+        ),
+        max_size=80,
+    )
+)
+def test_a_transactions_writes_come_back_in_key_order_whatever_came_between(steps):
+    """Puts, a statement's undo (del) and range reads in any order, few or many puts
+    between reads (placed one by one, or sorted at once), against a plain dict."""
+    writes, model = Writes(), {}
+    for op, key, other in steps:
+        if op == "put":
+            writes[key] = model[key] = other
+        elif op == "undo" and key in model:
+            del writes[key]
+            del model[key]
+        elif op == "range":
+            expected = sorted(k for k in model if k >= key and (other is None or k < other))
+            assert writes.irange(key, other) == expected
+    assert dict(writes) == model
+    assert writes.irange(b"", None) == sorted(model)
+    for n in range(100, 0, -1):  # many puts before the next read: one sort
+        writes[b"\x7f" + bytes([n])] = model[b"\x7f" + bytes([n])] = b"v"
+    assert writes.irange(b"", None) == sorted(model)
+    with pytest.raises(TypeError):
+        writes.update({b"k": b"v"})  # would bypass the key order's bookkeeping

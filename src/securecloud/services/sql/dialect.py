@@ -125,14 +125,25 @@ _INSERT_EXTRAS = (
 )  # fmt: skip
 
 
+class PlainInsert:
+    """A one-row INSERT of parameters and constants into `table`: `columns` (None: all),
+    `values` ("param", n) for $n or ("const", value). The engine keeps the row plan it
+    made for it here (`plan`, with the codec it was made for), so a bulk INSERT looks
+    nothing up per row."""
+
+    __slots__ = ("codec", "columns", "plan", "table", "values")
+
+    def __init__(self, table: str, columns: tuple[str, ...] | None, values: tuple):
+        self.table, self.columns, self.values = table, columns, values
+        self.plan = self.codec = None
+
+
 @functools.lru_cache(maxsize=4096)
-def plain_insert(statement: exp.Expression):
-    """(table, columns or None for all, values) when `statement` is a one-row
-    `INSERT INTO t [(columns)] VALUES (...)` of parameters and constants and nothing
-    else, with unquoted names (folded to lower case); None otherwise. Values are
-    ("param", n) for $n or ("const", value). The engine inserts such rows without
-    SQLite (a collector's bulk INSERTs); anything else, errors included, goes through
-    SQLite."""
+def plain_insert(statement: exp.Expression) -> PlainInsert | None:
+    """A PlainInsert when `statement` is a one-row `INSERT INTO t [(columns)] VALUES
+    (...)` of parameters and constants and nothing else, with unquoted names (folded to
+    lower case); None otherwise. The engine inserts such rows without SQLite (a
+    collector's bulk INSERTs); anything else, errors included, goes through SQLite."""
     if not isinstance(statement, exp.Insert) or any(statement.args.get(k) for k in _INSERT_EXTRAS):
         return None
     rows = statement.expression
@@ -154,7 +165,7 @@ def plain_insert(statement: exp.Expression):
         values.append(value)
     if columns is not None and len(columns) != len(values):
         return None
-    return target.name.lower(), columns, tuple(values)
+    return PlainInsert(target.name.lower(), columns, tuple(values))
 
 
 def _unquoted(identifier) -> bool:

@@ -19,7 +19,6 @@ import threading
 from dataclasses import dataclass, field
 
 import apsw
-from sortedcontainers import SortedDict
 from sqlglot import exp
 
 from securecloud.services.sql import dialect
@@ -56,6 +55,7 @@ from securecloud.services.sql.keys import (
 from securecloud.services.sql.rows import RowCodec, coerce
 from securecloud.services.sql.storage import Store, WriteConflict
 from securecloud.services.sql.vtable import Module
+from securecloud.services.sql.writes import Writes
 
 
 @dataclass
@@ -63,6 +63,9 @@ class Result:
     columns: list[str] = field(default_factory=list)
     rows: list[tuple] = field(default_factory=list)
     tag: str = ""  # PostgreSQL command tag: SELECT 3, INSERT 0 2, ...
+
+
+_INSERTED_ONE = Result(tag="INSERT 0 1")
 
 
 class Database:
@@ -106,7 +109,7 @@ class Transaction:
     def __init__(self, started: int, explicit: bool):
         self.started = started
         self.explicit = explicit
-        self.writes: SortedDict = SortedDict()  # key -> value, None: deleted
+        self.writes = Writes()  # key -> value, None: deleted
         self.catalog_changed = False
         self.failed = False
         self._undo: dict[bytes, object] = {}  # what the current statement overwrote
@@ -155,7 +158,8 @@ class Session:
 
     def run(self, statement: exp.Expression, params=None, dialect_name="postgres") -> Result:
         with self.database.lock:
-            control = self._control(statement)
+            plain = dialect.plain_insert(statement)  # a bulk INSERT's row: no other test
+            control = None if plain is not None else self._control(statement)
             if control is not None:
                 return control
             txn = self.transaction
@@ -169,7 +173,7 @@ class Session:
                 txn = self.transaction = Transaction(self.database.store.seq, False)
             txn.begin_statement()
             try:
-                result = self._statement(statement, params, dialect_name)
+                result = self._statement(statement, params, dialect_name, plain)
                 if implicit:
                     self._commit()
                 elif txn.catalog_changed:  # DDL in a block commits on its own
@@ -226,7 +230,13 @@ class Session:
         if txn.catalog_changed:
             self.database.reload_catalog()
 
-    def _statement(self, statement: exp.Expression, params, dialect_name: str) -> Result:
+    def _statement(
+        self, statement: exp.Expression, params, dialect_name: str, plain=None
+    ) -> Result:
+        if plain is not None and (params is None or isinstance(params, list | tuple)):
+            inserted = self._insert_plain(plain, params or ())
+            if inserted is not None:
+                return inserted
         if isinstance(statement, exp.Create):
             return self._create(statement)
         if isinstance(statement, exp.Drop):
@@ -235,11 +245,6 @@ class Session:
             raise Unsupported(f"{statement.sql()[:60]}: not supported")
         if not isinstance(statement, exp.Query | exp.Insert | exp.Update | exp.Delete | exp.Values):
             raise Unsupported(f"{type(statement).__name__.upper()} statements are not supported")
-        plain = dialect.plain_insert(statement)
-        if plain is not None and (params is None or isinstance(params, list | tuple)):
-            inserted = self._insert_plain(*plain, params or ())
-            if inserted is not None:
-                return inserted
         self._sync()
         sql = dialect.to_sqlite(statement, dialect_name, self.database.not_null)
         cursor = self.connection.cursor()
@@ -397,11 +402,7 @@ class Session:
     def scan_chunks(self, low: bytes, high: bytes | None, reverse: bool = False, first: int = 16):
         """The store's entries in [low, high) as lists, this transaction's writes over them."""
         txn = self.transaction
-        overlay = None
-        if txn is not None and txn.writes:
-            overlay = SortedDict(
-                (k, txn.writes[k]) for k in txn.writes.irange(low, high, (True, False))
-            )
+        overlay = txn.writes if txn is not None and txn.writes else None
         return self.database.store.scan_chunks(low, high, reverse, overlay, first)
 
     def get(self, key: bytes) -> bytes | None:
@@ -422,8 +423,8 @@ class Session:
         self._handles.clear()
         self._handle_ids.clear()
 
-    def _coerce(self, table: Table, fields: list) -> list:
-        if tuple(map(type, fields)) == self.database.codec(table.name).exact:
+    def _coerce(self, table: Table, codec: RowCodec, fields: list) -> list:
+        if tuple(map(type, fields)) == codec.exact:
             return list(fields)  # every value of its column's type: nothing to do
         row = [coerce(v, c.affinity, c.name) for v, c in zip(fields, table.columns, strict=True)]
         for i, column in enumerate(table.columns):
@@ -447,10 +448,6 @@ class Session:
             return self.database.codec(table.name).row(key, value)[position] + 1
         return 1
 
-    def _primary_key(self, table: Table, row: list) -> bytes:
-        codec = self.database.codec(table.name)
-        return codec.primary_prefix + encode_values([row[i] for i in codec.key_positions])
-
     def _index_key(self, table: Table, index, row: list) -> tuple[bytes, bytes | None]:
         """(the entry's key, its unique prefix or None when a NULL exempts it)."""
         indexed = [row[table.position(c)] for c in index.columns]
@@ -462,27 +459,27 @@ class Session:
     def _check_unique(self, table: Table, index, unique: bytes, own: bytes) -> bool:
         return all(key == own for key, _ in self.scan(unique, prefix_end(unique)))
 
-    def _insert_plain(self, name: str, columns, values, params) -> Result | None:
+    def _insert_plain(self, plain: dialect.PlainInsert, params) -> Result | None:
         """A one-row INSERT of parameters and constants, straight into the table (the
         same checks as through SQLite: insert_row). None: let SQLite run it (and
         report whatever is wrong with it)."""
-        table = self.database.tables.get(name)
+        table = self.database.tables.get(plain.table)
         if table is None:
             return None
-        plans = self.database.codec(name).insert_plans
-        plan = plans.get((columns, values), False)
-        if plan is False:
-            plan = plans[columns, values] = _fields_plan(table, columns, values)
+        codec = self.database.codec(plain.table)
+        if plain.codec is not codec:  # first use, or the table changed since
+            plain.plan, plain.codec = _fields_plan(table, plain.columns, plain.values), codec
+        plan = plain.plan
         if plan is None or len(params) < plan[1]:
             return None
         pick, count, constants = plan
         fields = list(pick((None, *params[:count], *constants)))
         self._direct = True
         try:
-            self.insert_row(name, fields)
+            self.insert_row(plain.table, fields)
         finally:
             self._direct = False
-        return Result(tag="INSERT 0 1")
+        return _INSERTED_ONE
 
     def _on_conflict(self) -> int:
         """The statement's conflict mode: SQLite's, or ABORT for a direct insert."""
@@ -490,8 +487,9 @@ class Session:
 
     def insert_row(self, name: str, fields: list) -> int:
         table = self._table(name)
-        row = self._coerce(table, fields)
-        key = self._primary_key(table, row)
+        codec = self.database.codec(name)
+        row = self._coerce(table, codec, fields)
+        key = codec.primary_key(row)
         txn = self.transaction
         old = self.get(key)
         if old is not None:
@@ -503,7 +501,6 @@ class Session:
                     f'duplicate key value violates unique constraint "{table.name}_pkey"'
                 )
             self._unindex(table, key, old)
-        codec = self.database.codec(name)
         value = codec.encode(row)
         for index in table.indexes:
             entry, unique = self._index_key(table, index, row)
@@ -516,7 +513,7 @@ class Session:
                 )
             txn.put(entry, b"")
         txn.put(key, value)
-        return self.handle(key)
+        return 0 if self._direct else self.handle(key)  # no SQLite cursor asks for its rowid
 
     def _unindex(self, table: Table, key: bytes, value: bytes) -> None:
         if not table.indexes:
@@ -540,8 +537,9 @@ class Session:
         old = self.get(key)
         if old is None:
             return
-        row = self._coerce(table, fields)
-        new_key = self._primary_key(table, row)
+        codec = self.database.codec(name)
+        row = self._coerce(table, codec, fields)
+        new_key = codec.primary_key(row)
         if new_key != key and self.get(new_key) is not None:
             raise UniqueViolation(
                 f'duplicate key value violates unique constraint "{table.name}_pkey"'
@@ -558,7 +556,7 @@ class Session:
                     f'duplicate key value violates unique constraint "{index.name}"'
                 )
             txn.put(entry, b"")
-        txn.put(new_key, self.database.codec(name).encode(row))
+        txn.put(new_key, codec.encode(row))
 
     def close(self) -> None:
         self.transaction = None

@@ -16,8 +16,8 @@ import numpy as np
 
 from securecloud.services.sql.catalog import PRIMARY, Table
 from securecloud.services.sql.errors import NotNullViolation, TypeMismatch
+from securecloud.services.sql.keys import INT, decode_values, encode_values, index_prefix
 from securecloud.services.sql.keys import SIGN as _SIGN
-from securecloud.services.sql.keys import decode_values, index_prefix
 
 _CODES = {"integer": "q", "real": "d", "text": "I", "blob": "I"}
 _ZERO = {"integer": 0, "real": 0.0, "text": 0, "blob": 0}
@@ -86,6 +86,12 @@ class RowCodec:
         self.int_keys = None
         if all(table.column(c).affinity == "integer" for c in table.primary_key):
             self.int_keys = struct.Struct(">" + "xQ" * len(table.primary_key))
+        # the same keys packed by one struct call (tag, then value + 2**63, per column)
+        self.key_pack = (
+            struct.Struct(">" + "BQ" * len(table.primary_key)).pack
+            if self.int_keys is not None
+            else None
+        )
         self.no_nulls = bytes(self.bitmap)
         combined = self.key_positions + self.positions  # key values, then value columns
         where = {position: i for i, position in enumerate(combined)}
@@ -114,6 +120,17 @@ class RowCodec:
             if len(self.positions) > 1 and not self.variable
             else None
         )
+
+    def primary_key(self, row: list) -> bytes:
+        """The row's key (keys.encode_values after the table's prefix)."""
+        if self.key_pack is not None:
+            try:
+                return self.primary_prefix + self.key_pack(
+                    *[part for i in self.key_positions for part in (INT, row[i] + _SIGN)]
+                )
+            except (TypeError, struct.error):
+                pass  # a NULL or a number beyond 64 bits: encode_values says what is wrong
+        return self.primary_prefix + encode_values([row[i] for i in self.key_positions])
 
     def encode(self, row: list) -> bytes:
         """`row`: every column of the table, coerced; only value columns are packed."""

@@ -42,6 +42,7 @@ from operator import itemgetter
 from sortedcontainers import SortedDict
 
 from securecloud.services.sql.objects import ObjectStore, Op, VersionConflict
+from securecloud.services.sql.writes import Writes
 
 BLOCK_BYTES = 128 * 1024
 BATCH_LIMIT = 1000
@@ -256,7 +257,7 @@ class Store:
         low: bytes,
         high: bytes | None,
         reverse: bool = False,
-        overlay: SortedDict | None = None,
+        overlay: Writes | None = None,
     ) -> Iterator[Entry]:
         """Live entries with low <= key < high in key order; `overlay` (a transaction's
         own writes: key -> value or None) wins over the store."""
@@ -267,7 +268,7 @@ class Store:
         low: bytes,
         high: bytes | None,
         reverse: bool = False,
-        overlay: SortedDict | None = None,
+        overlay: Writes | None = None,
         first: int = 16,
     ) -> Iterator[list[Entry]]:
         """`scan` as non-empty lists of entries, so that callers step through a list
@@ -282,7 +283,7 @@ class Store:
         if start < end:
             sources.insert(0, (self._memtable_chunks(start, end, reverse, first), True))
         if overlay:
-            own = [(k, overlay[k]) for k in overlay.irange(low, high, (True, False))]
+            own = [(k, overlay[k]) for k in overlay.irange(low, high)]
             if reverse:
                 own.reverse()
             if own:
@@ -321,7 +322,7 @@ class Store:
             yield chunk
 
     # -- writes -----------------------------------------------------------------------
-    def commit(self, writes: SortedDict, started: int) -> int:
+    def commit(self, writes: Writes, started: int) -> int:
         """Make `writes` (key -> value, None: delete) durable; return its seq."""
         if not writes:
             return self.seq
@@ -347,7 +348,7 @@ class Store:
                     log.warning("checkpoint failed, will retry at the next commit: %s", exc)
             return seq
 
-    def _check_conflicts(self, writes: SortedDict, started: int) -> None:
+    def _check_conflicts(self, writes: Writes, started: int) -> None:
         memtable = self.memtable
         older = started < self._checkpoint_floor
         if started < self._previous_floor:
