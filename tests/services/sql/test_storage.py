@@ -2,12 +2,14 @@
 a transaction's overlay merged in key order, forwards and backwards, across
 checkpoints and the merges of runs they set off."""
 
+import threading
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from securecloud.services.sql import storage
-from securecloud.services.sql.storage import Store
+from securecloud.services.sql.storage import Store, WriteConflict
 from securecloud.services.sql.writes import Writes
 from tests.services.sql.memory import MemoryObjects
 
@@ -70,7 +72,7 @@ def test_runs_stay_few_and_rows_are_rewritten_a_few_times_not_at_every_checkpoin
     """Time-major metering inserts touch every meter's key range at every checkpoint;
     merging size-tiered keeps both the runs and the bytes rewritten logarithmic."""
     objects = CountingObjects()
-    store = Store(objects, checkpoint_entries=500)
+    store = Store(objects, checkpoint_entries=500, background=False)
     meters, intervals = 50, 200
     for t in range(intervals):
         batch = {
@@ -118,7 +120,7 @@ class FailingBatches(MemoryObjects):
 
 def test_a_failed_checkpoint_does_not_fail_the_commit_it_follows():
     objects = FailingBatches()
-    store = Store(objects, checkpoint_entries=3)
+    store = Store(objects, checkpoint_entries=3, background=False)
     for n in range(5):
         store.commit(_writes({bytes([n]): b"v"}), store.seq)  # acknowledged: durable
     assert store.checkpoint_failures >= 1 and store.checkpoints == 0
@@ -156,3 +158,61 @@ def test_a_transactions_writes_come_back_in_key_order_whatever_came_between(step
     assert writes.irange(b"", None) == sorted(model)
     with pytest.raises(TypeError):
         writes.update({b"k": b"v"})  # would bypass the key order's bookkeeping
+
+
+class HeldBlocks(MemoryObjects):
+    """Batches of new blocks wait for `release` (a checkpoint writer stuck on the KVS),
+    then fail if `fail` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.release = threading.Event()
+        self.fail = False
+
+    def batch(self, ops):
+        if any(op.key.startswith("blk/") and op.data for op in ops):
+            assert self.release.wait(30)
+            if self.fail:
+                raise TimeoutError("the KVS did not answer")
+        return super().batch(ops)
+
+
+def test_commits_and_reads_go_on_while_a_checkpoint_is_written_in_the_background():
+    objects = HeldBlocks()
+    store = Store(objects, checkpoint_entries=100)
+    model: dict = {}
+
+    def commit(entries: dict, started: int | None = None) -> None:
+        store.commit(_writes(entries), store.seq if started is None else started)
+        model.update(entries)
+
+    for n in range(100):
+        if n == 50:
+            began = store.seq
+        commit({n.to_bytes(2, "big"): b"v%d" % n})
+    assert store.frozen is not None and store._writer.is_alive()  # full: being written
+    for n in range(90, 130):  # new keys, overwrites and deletes of frozen ones
+        commit({n.to_bytes(2, "big"): None if n % 3 == 0 else b"w%d" % n})
+    assert store.checkpoints == 0 and store._writer.is_alive()
+    assert list(store.scan(b"", None)) == _expected(model, {}, b"", None, False)
+    assert list(store.scan(b"", None, reverse=True)) == _expected(model, {}, b"", None, True)
+    assert all(store.get(k) == v for k, v in model.items())
+    with pytest.raises(WriteConflict):  # written by commit 61, frozen since
+        store.commit(_writes({(60).to_bytes(2, "big"): b"late"}), began)
+    restarted = Store(objects, background=False)  # a restart now replays the whole log
+    assert list(restarted.scan(b"", None)) == _expected(model, {}, b"", None, False)
+
+    objects.fail = True  # the writer gives up: counted, the frozen memtable kept
+    objects.release.set()
+    store.close()
+    assert store.checkpoint_failures == 1 and store.frozen is not None
+    assert list(store.scan(b"", None)) == _expected(model, {}, b"", None, False)
+
+    objects.fail = False  # the next commit writes it again
+    commit({b"\xff": b"last"})
+    store.close()
+    assert store.checkpoints == 1 and store.frozen is None and len(store.runs) == 1
+    assert store.checkpointed == 100 and store.runs[0].entries == 100
+    assert not any(name <= f"wal/{100:016d}" for name in objects.list("wal/"))
+    assert list(store.scan(b"", None)) == _expected(model, {}, b"", None, False)
+    assert list(Store(objects).scan(b"", None)) == _expected(model, {}, b"", None, False)

@@ -88,5 +88,6 @@ def main(argv: list[str]) -> int:
     )
     database = Database(store)
     asyncio.run(run(database, tls, token, args))
+    store.close()
     client.close()
     return 0

@@ -106,36 +106,41 @@ class Block:
 
 
 class BlockCache:
-    """Decoded blocks by name (names are never reused), least recently used out first."""
+    """Decoded blocks by name (names are never reused), least recently used out first;
+    shared by the statements and the checkpoint writer thread (a lock)."""
 
     def __init__(self, budget_bytes: int):
         self.budget = budget_bytes
         self.used = 0
         self._blocks: OrderedDict[str, Block] = OrderedDict()
+        self._lock = threading.Lock()
         self.hits = self.misses = 0
 
     def get(self, name: str) -> Block | None:
-        block = self._blocks.get(name)
-        if block is not None:
-            self._blocks.move_to_end(name)
-            self.hits += 1
-        else:
-            self.misses += 1
-        return block
+        with self._lock:
+            block = self._blocks.get(name)
+            if block is not None:
+                self._blocks.move_to_end(name)
+                self.hits += 1
+            else:
+                self.misses += 1
+            return block
 
     def put(self, block: Block) -> None:
-        if block.name in self._blocks:
-            return
-        self._blocks[block.name] = block
-        self.used += block.size
-        while self.used > self.budget and len(self._blocks) > 1:
-            _, old = self._blocks.popitem(last=False)
-            self.used -= old.size
+        with self._lock:
+            if block.name in self._blocks:
+                return
+            self._blocks[block.name] = block
+            self.used += block.size
+            while self.used > self.budget and len(self._blocks) > 1:
+                _, old = self._blocks.popitem(last=False)
+                self.used -= old.size
 
     def drop(self, name: str) -> None:
-        block = self._blocks.pop(name, None)
-        if block is not None:
-            self.used -= block.size
+        with self._lock:
+            block = self._blocks.pop(name, None)
+            if block is not None:
+                self.used -= block.size
 
 
 @dataclass(frozen=True)
@@ -170,12 +175,22 @@ class Store:
         objects: ObjectStore,
         cache_bytes: int = 256 * 1024 * 1024,
         checkpoint_entries: int = 200_000,
+        background: bool = True,
     ):
+        """`background`: a full memtable is written by a thread while commits go on (off:
+        in the commit that filled it, which tests of the merge policy want)."""
         self.objects = objects
+        self.background = background
         self.cache = BlockCache(cache_bytes)
         self.checkpoint_entries = checkpoint_entries
         self.lock = threading.RLock()
         self.memtable: SortedDict = SortedDict()  # key -> (seq, value or None)
+        # the memtable being written as a run (read after the memtable, before the runs),
+        # the last seq it holds, and the thread writing it with what it left behind
+        self.frozen: SortedDict | None = None
+        self._frozen_seq = 0
+        self._writer: threading.Thread | None = None
+        self._written: tuple | BaseException | None = None
         self.seq = 0
         self.checkpointed = 0
         self.manifest_version = 0
@@ -227,6 +242,11 @@ class Store:
         self.seq = seq
 
     # -- reads ------------------------------------------------------------------------
+    def close(self) -> None:
+        """Let a checkpoint under way finish (its run saves replaying its log at start)."""
+        with self.lock:
+            self._finish_background(wait=True)
+
     def _block(self, name: str) -> Block:
         block = self.cache.get(name)
         if block is None:
@@ -240,6 +260,8 @@ class Store:
 
     def get(self, key: bytes) -> bytes | None:
         hit = self.memtable.get(key)
+        if hit is None and self.frozen is not None:
+            hit = self.frozen.get(key)
         if hit is not None:
             return hit[1]
         for run in self.runs:
@@ -274,20 +296,23 @@ class Store:
         """`scan` as non-empty lists of entries, so that callers step through a list
         instead of a generator chain per row; slices start at `first` entries (a skip
         scan, which seeks again after each first chunk, wants them whole)."""
-        sources = [
-            (self._run_chunks(run, low, high, reverse, first), run.tombstones) for run in self.runs
-        ]
-        memtable = self.memtable
-        start = memtable.bisect_left(low)
-        end = len(memtable) if high is None else memtable.bisect_left(high)
-        if start < end:
-            sources.insert(0, (self._memtable_chunks(start, end, reverse, first), True))
+        frozen, runs = self.frozen, self.runs  # this order: a checkpoint sets runs, then frozen
+        sources = []
         if overlay:
             own = [(k, overlay[k]) for k in overlay.irange(low, high)]
             if reverse:
                 own.reverse()
             if own:
-                sources.insert(0, (iter([own]), True))
+                sources.append((iter([own]), True))
+        for table in (self.memtable, frozen):
+            if table:
+                start = table.bisect_left(low)
+                end = len(table) if high is None else table.bisect_left(high)
+                if start < end:
+                    sources.append((_table_chunks(table, start, end, reverse, first), True))
+        sources += [
+            (self._run_chunks(run, low, high, reverse, first), run.tombstones) for run in runs
+        ]
         return _merged(sources, reverse, drop_tombstones=True)
 
     def _run_chunks(self, run: Run, low: bytes, high: bytes | None, reverse: bool, first=16):
@@ -308,19 +333,6 @@ class Store:
                     chunk.reverse()
                 yield chunk
 
-    def _memtable_chunks(self, start: int, end: int, reverse: bool, first: int = 16):
-        """Memtable positions start..end in slices (_slices), deletes as None."""
-        keys = self.memtable.keys()
-        lookup = functools.partial(dict.__getitem__, self.memtable)  # C speed, unlike
-        # sortedcontainers' values view, whose slices look keys up in a Python loop
-        second = itemgetter(1)
-        for i, j in _slices(start, end, reverse, first):
-            sliced = keys[i:j]
-            chunk = list(zip(sliced, map(second, map(lookup, sliced)), strict=True))
-            if reverse:
-                chunk.reverse()
-            yield chunk
-
     # -- writes -----------------------------------------------------------------------
     def commit(self, writes: Writes, started: int) -> int:
         """Make `writes` (key -> value, None: delete) durable; return its seq."""
@@ -340,7 +352,9 @@ class Store:
                     self._check_conflicts(writes, started)
             self._apply(seq, writes.items())
             self.commits += 1
-            if len(self.memtable) >= self.checkpoint_entries:
+            if self.background:
+                self._checkpoint_in_background()
+            elif len(self.memtable) >= self.checkpoint_entries:
                 try:
                     self.checkpoint()
                 except Exception as exc:  # the commit is durable: say so, checkpoint later
@@ -356,8 +370,9 @@ class Store:
             raise WriteConflict(
                 "could not serialize access: the transaction is older than two checkpoints"
             )
+        frozen = self.frozen or {}
         for key in writes:
-            hit = memtable.get(key)
+            hit = memtable.get(key) or frozen.get(key)
             if (hit is not None and hit[0] > started) or (
                 older and self._checkpointed_seqs.get(key, 0) > started
             ):
@@ -369,52 +384,101 @@ class Store:
 
     def checkpoint(self) -> int:
         """Write the memtable as a new run, merged with as many of the newest runs as the
-        tiering asks for (_merge_depth); returns the number of blocks written."""
+        tiering asks for (_merge_depth), now; returns the number of blocks written. A
+        checkpoint under way in the background is finished first."""
         with self.lock:
-            if not self.memtable:
-                return 0
-            entries = [(k, v) for k, (_, v) in self.memtable.items()]
-            depth = _merge_depth([len(entries)] + [run.entries for run in self.runs])
-            merging = self.runs[:depth]
-            oldest = depth == len(self.runs)  # deletes need not be kept below the last run
-            sources = [(iter([entries]), True)] + [
-                (self._run_chunks(run, b"", None, False), run.tombstones) for run in merging
-            ]
-            run, written = self._write_run(_merged(sources, False, drop_tombstones=oldest))
-            runs = ([run] if run.names else []) + self.runs[depth:]
-            retired = [name for old in merging for name in old.names]
-            manifest = json.dumps(
-                {
-                    "seq": self.seq,
-                    "next_block": self.next_block,
-                    "runs": [r.to_json() for r in runs],
-                }
-            ).encode()
-            try:
-                self.objects.batch(
-                    [Op("manifest", manifest, if_match=self.manifest_version)]
-                    + [Op(name, None) for name in retired[: BATCH_LIMIT - 1]]
-                )
-            except VersionConflict:
-                # another server checkpointed: ours is garbage, theirs is the truth
-                self._delete([b.name for b in written])
-                raise
-            self.manifest_version += 1
-            self._delete(retired[BATCH_LIMIT - 1 :])
-            self._drop_log(self.checkpointed, self.seq)
-            for name in retired:
-                self.cache.drop(name)
-            for block in written:
-                self.cache.put(block)
-            self.runs = runs
-            self._checkpointed_seqs = {k: s for k, (s, _) in self.memtable.items()}
-            self._previous_floor = self._checkpoint_floor
-            self._checkpoint_floor = self.seq
-            self.checkpointed = self.seq
-            self.memtable = SortedDict()
-            self.checkpoints += 1
-            self.compactions += bool(merging)
-            return len(written)
+            self._finish_background(wait=True)
+            if self.frozen is None:
+                if not self.memtable:
+                    return 0
+                self._freeze()
+            return self._install(self._write_frozen())
+
+    def _checkpoint_in_background(self) -> None:
+        """After a commit: install a run the writer thread finished (or count its failure),
+        then start writing the memtable once it is full, or the frozen one again after a
+        failure; commits go on meanwhile, reading the frozen memtable."""
+        self._finish_background(wait=False)
+        if self._writer is not None:
+            return
+        if self.frozen is None and len(self.memtable) >= self.checkpoint_entries:
+            self._freeze()
+        if self.frozen is not None:
+            self._writer = threading.Thread(
+                target=self._write_in_background, name="cascadb-checkpoint", daemon=True
+            )
+            self._writer.start()
+
+    def _write_in_background(self) -> None:
+        try:
+            self._written = self._write_frozen()
+        except BaseException as exc:  # reported by _finish_background
+            self._written = exc
+
+    def _finish_background(self, wait: bool) -> None:
+        writer = self._writer
+        if writer is None or (writer.is_alive() and not wait):
+            return
+        writer.join()
+        self._writer, written, self._written = None, self._written, None
+        try:
+            if isinstance(written, BaseException):
+                raise written
+            self._install(written)
+        except Exception as exc:  # the log holds every commit: retried after the next one
+            self.checkpoint_failures += 1
+            log.warning("checkpoint failed, will retry at the next commit: %s", exc)
+
+    def _freeze(self) -> None:
+        self.frozen, self._frozen_seq, self.memtable = self.memtable, self.seq, SortedDict()
+
+    def _write_frozen(self) -> tuple[Run, list[Block], list[Run]]:
+        """The frozen memtable merged with the newest runs the tiering picks, written as
+        new blocks that nothing references yet: (the run, its blocks, the runs merged)."""
+        entries = [(k, v) for k, (_, v) in self.frozen.items()]
+        depth = _merge_depth([len(entries)] + [run.entries for run in self.runs])
+        merging = self.runs[:depth]
+        oldest = depth == len(self.runs)  # deletes need not be kept below the last run
+        sources = [(iter([entries]), True)] + [
+            (self._run_chunks(run, b"", None, False), run.tombstones) for run in merging
+        ]
+        run, written = self._write_run(_merged(sources, False, drop_tombstones=oldest))
+        return run, written, merging
+
+    def _install(self, written: tuple[Run, list[Block], list[Run]]) -> int:
+        """Move the manifest to the new run (one conditional KVS batch), then forget the
+        frozen memtable, the merged runs' blocks and the log it covered."""
+        run, blocks, merging = written
+        runs = ([run] if run.names else []) + self.runs[len(merging) :]
+        retired = [name for old in merging for name in old.names]
+        manifest = json.dumps(
+            {"seq": self._frozen_seq, "next_block": self.next_block,
+             "runs": [r.to_json() for r in runs]}
+        ).encode()  # fmt: skip
+        try:
+            self.objects.batch(
+                [Op("manifest", manifest, if_match=self.manifest_version)]
+                + [Op(name, None) for name in retired[: BATCH_LIMIT - 1]]
+            )
+        except VersionConflict:
+            # another server checkpointed: ours is garbage, theirs is the truth
+            self._delete([b.name for b in blocks])
+            raise
+        self.manifest_version += 1
+        self._delete(retired[BATCH_LIMIT - 1 :])
+        self._drop_log(self.checkpointed, self._frozen_seq)
+        for name in retired:
+            self.cache.drop(name)
+        for block in blocks:
+            self.cache.put(block)
+        self.runs = runs  # before frozen goes: a reader sees the keys in one or the other
+        self._checkpointed_seqs = {k: s for k, (s, _) in self.frozen.items()}
+        self.frozen = None
+        self._previous_floor = self._checkpoint_floor
+        self._checkpoint_floor = self.checkpointed = self._frozen_seq
+        self.checkpoints += 1
+        self.compactions += bool(merging)
+        return len(blocks)
 
     def _write_run(self, chunks: Iterator[list[Entry]]) -> tuple[Run, list[Block]]:
         """Cut sorted entries into blocks of about BLOCK_BYTES and store them, in KVS
@@ -474,6 +538,7 @@ class Store:
             "seq": self.seq,
             "checkpointed": self.checkpointed,
             "memtable_entries": len(self.memtable),
+            "checkpointing_entries": len(self.frozen) if self.frozen is not None else 0,
             "runs": len(self.runs),
             "blocks": sum(len(run.names) for run in self.runs),
             "cache_bytes": self.cache.used,
@@ -485,6 +550,20 @@ class Store:
             "checkpoint_failures": self.checkpoint_failures,
             "compactions": self.compactions,
         }
+
+
+def _table_chunks(table: SortedDict, start: int, end: int, reverse: bool, first: int = 16):
+    """A memtable's positions start..end in slices (_slices), deletes as None."""
+    keys = table.keys()
+    lookup = functools.partial(dict.__getitem__, table)  # C speed, unlike
+    # sortedcontainers' values view, whose slices look keys up in a Python loop
+    second = itemgetter(1)
+    for i, j in _slices(start, end, reverse, first):
+        sliced = keys[i:j]
+        chunk = list(zip(sliced, map(second, map(lookup, sliced)), strict=True))
+        if reverse:
+            chunk.reverse()
+        yield chunk
 
 
 def _slices(start: int, end: int, reverse: bool, first: int = 16) -> Iterator[tuple[int, int]]:
