@@ -214,5 +214,8 @@ def test_commits_and_reads_go_on_while_a_checkpoint_is_written_in_the_background
     assert store.checkpoints == 1 and store.frozen is None and len(store.runs) == 1
     assert store.checkpointed == 100 and store.runs[0].entries == 100
     assert not any(name <= f"wal/{100:016d}" for name in objects.list("wal/"))
+    with pytest.raises(WriteConflict):  # in a run now, still known to be newer than began
+        store.commit(_writes({(60).to_bytes(2, "big"): b"late"}), began)
+    commit({(10).to_bytes(2, "big"): b"old enough"}, began)  # written before began
     assert list(store.scan(b"", None)) == _expected(model, {}, b"", None, False)
     assert list(Store(objects).scan(b"", None)) == _expected(model, {}, b"", None, False)

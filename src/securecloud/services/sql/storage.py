@@ -37,6 +37,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import repeat
 from operator import itemgetter
 
 from sortedcontainers import SortedDict
@@ -55,6 +56,8 @@ _TOMBSTONE = 0xFFFFFFFF
 log = logging.getLogger("securecloud.sql")
 
 Entry = tuple[bytes, bytes | None]
+_VALUE = itemgetter(1)  # of a memtable entry (seq, value)
+_NEVER = (0, None)
 
 
 class WriteConflict(Exception):
@@ -198,7 +201,7 @@ class Store:
         self.next_block = 0
         # keys moved out of the memtable by the last checkpoint, with their commit
         # seq: transactions that began before it are still checked against them
-        self._checkpointed_seqs: dict[bytes, int] = {}
+        self._checkpointed: dict = {}  # key -> (seq, value): the last checkpoint's memtable
         self._checkpoint_floor = 0
         self._previous_floor = 0
         self.commits = self.conflicts = self.checkpoints = self.checkpoint_failures = 0
@@ -374,7 +377,7 @@ class Store:
         for key in writes:
             hit = memtable.get(key) or frozen.get(key)
             if (hit is not None and hit[0] > started) or (
-                older and self._checkpointed_seqs.get(key, 0) > started
+                older and self._checkpointed.get(key, _NEVER)[0] > started
             ):
                 self.conflicts += 1
                 raise WriteConflict(
@@ -435,7 +438,10 @@ class Store:
     def _write_frozen(self) -> tuple[Run, list[Block], list[Run]]:
         """The frozen memtable merged with the newest runs the tiering picks, written as
         new blocks that nothing references yet: (the run, its blocks, the runs merged)."""
-        entries = [(k, v) for k, (_, v) in self.frozen.items()]
+        frozen = self.frozen
+        keys = list(frozen)  # in order, at C speed (the items view iterates in Python)
+        values = map(_VALUE, map(dict.__getitem__, repeat(frozen), keys))
+        entries = list(zip(keys, values, strict=True))
         depth = _merge_depth([len(entries)] + [run.entries for run in self.runs])
         merging = self.runs[:depth]
         oldest = depth == len(self.runs)  # deletes need not be kept below the last run
@@ -472,7 +478,7 @@ class Store:
         for block in blocks:
             self.cache.put(block)
         self.runs = runs  # before frozen goes: a reader sees the keys in one or the other
-        self._checkpointed_seqs = {k: s for k, (s, _) in self.frozen.items()}
+        self._checkpointed = self.frozen
         self.frozen = None
         self._previous_floor = self._checkpoint_floor
         self._checkpoint_floor = self.checkpointed = self._frozen_seq
