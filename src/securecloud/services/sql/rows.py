@@ -114,7 +114,6 @@ class RowCodec:
         # the common write: every value already of its column's type (so no NULL), and
         # only integer and real value columns: packed by one struct call
         self.exact = tuple(_EXACT[c.affinity] for c in table.columns)
-        self.insert_plans: dict = {}  # the engine's plain INSERT shapes (engine._fields_plan)
         self.packable = (
             operator.itemgetter(*self.positions)
             if len(self.positions) > 1 and not self.variable

@@ -4,7 +4,9 @@ One sorted space of byte keys (keys.py) holds every table and index. A
 commit appends its write set as one KVS object `wal/<seq>` (conditional:
 must not exist yet, so a second writer on the same database is noticed) and
 only then is acknowledged; the entries also go into an in-memory sorted table
-(the memtable). A checkpoint writes the memtable as a new sorted run: blocks
+(the memtable). A checkpoint writes the memtable as a new sorted run, on a
+thread of its own while commits go on (the full memtable is frozen and read
+after the new one until its run is in the manifest): blocks
 of about BLOCK_BYTES, immutable, each a KVS object `blk/<n>`, deletes kept as
 tombstones while older runs may hold the key. Runs are listed newest first in
 `manifest`, which moves in one atomic KVS batch. Runs are merged size-tiered
@@ -244,12 +246,12 @@ class Store:
             memtable[key] = (seq, value)
         self.seq = seq
 
-    # -- reads ------------------------------------------------------------------------
     def close(self) -> None:
         """Let a checkpoint under way finish (its run saves replaying its log at start)."""
         with self.lock:
             self._finish_background(wait=True)
 
+    # -- reads ------------------------------------------------------------------------
     def _block(self, name: str) -> Block:
         block = self.cache.get(name)
         if block is None:
