@@ -10,6 +10,8 @@ erasure-coded ec:6+3) and into PostgreSQL (database `test`, table
 dropped first). Then query shapes in the style of TSBS cpu-only, each run REPEAT times on both:
 
     lastpoint     the last reading of one meter (ORDER BY timestamp DESC LIMIT 1)
+    lastpoint_all the last reading of every meter (TSBS's lastpoint; a recursive
+                  loose index scan, the same SQL on both)
     range_agg     one meter's energy and mean power over one day
     hourly        hourly mean power of every meter over one day (GROUP BY)
     top           the ten meters with the most energy over one day
@@ -76,6 +78,19 @@ QUERIES = {
     "lastpoint": (
         "SELECT * FROM reading WHERE client_id = %s ORDER BY timestamp DESC LIMIT 1",
         lambda r, m, d: (r.randrange(m),),
+    ),
+    "lastpoint_all": (
+        # every meter's last reading (TSBS's lastpoint): a loose index scan that both
+        # engines run, one probe for the next meter and one for its last time per meter
+        "WITH RECURSIVE meter(id) AS ("
+        " SELECT (SELECT client_id FROM reading ORDER BY client_id LIMIT 1)"
+        " UNION ALL"
+        " SELECT (SELECT client_id FROM reading WHERE client_id > meter.id"
+        " ORDER BY client_id LIMIT 1) FROM meter WHERE meter.id IS NOT NULL)"
+        " SELECT r.* FROM meter JOIN reading r ON r.client_id = meter.id"
+        " AND r.timestamp = (SELECT timestamp FROM reading WHERE client_id = meter.id"
+        " ORDER BY timestamp DESC LIMIT 1)",
+        lambda r, m, d: (),
     ),
     "range_agg": (
         "SELECT max(energy) - min(energy), avg(power) FROM reading "
