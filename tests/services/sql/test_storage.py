@@ -60,6 +60,12 @@ def _check(writes, checkpoints, overlay, low, high, reverse):
             store.checkpoint()
     got = list(store.scan(low, high, reverse, _writes(overlay)))
     assert got == _expected(model, overlay, low, high, reverse)
+    assert store.first(low, high, reverse, _writes(overlay)) == next(iter(got), None)
+    for key in model:  # a seek at every key of the model, onto and past deletes
+        wanted = _expected(model, {}, key, high, reverse=False)
+        assert store.first(key, high) == next(iter(wanted), None)
+        wanted = _expected(model, {}, low, key, reverse=True)
+        assert store.first(low, key, reverse=True) == next(iter(wanted), None)
     assert all(chunk for chunk in store.scan_chunks(low, high, reverse, _writes(overlay)))
     for key, value in model.items():
         assert store.get(key) == value
@@ -151,6 +157,8 @@ def test_a_transactions_writes_come_back_in_key_order_whatever_came_between(step
         elif op == "range":
             expected = sorted(k for k in model if k >= key and (other is None or k < other))
             assert writes.irange(key, other) == expected
+            assert writes.nearest(key, other, False) == next(iter(expected), None)
+            assert writes.nearest(key, other, True) == next(reversed(expected), None)
     assert dict(writes) == model
     assert writes.irange(b"", None) == sorted(model)
     for n in range(100, 0, -1):  # many puts before the next read: one sort
@@ -197,6 +205,9 @@ def test_commits_and_reads_go_on_while_a_checkpoint_is_written_in_the_background
     assert list(store.scan(b"", None)) == _expected(model, {}, b"", None, False)
     assert list(store.scan(b"", None, reverse=True)) == _expected(model, {}, b"", None, True)
     assert all(store.get(k) == v for k, v in model.items())
+    for key in model:  # seeks that find their entry in the memtable or the frozen one
+        assert store.first(key, None) == next(iter(_expected(model, {}, key, None, False)), None)
+        assert store.first(b"", key, True) == next(iter(_expected(model, {}, b"", key, True)), None)
     with pytest.raises(WriteConflict):  # written by commit 61, frozen since
         store.commit(_writes({(60).to_bytes(2, "big"): b"late"}), began)
     restarted = Store(objects, background=False)  # a restart now replays the whole log

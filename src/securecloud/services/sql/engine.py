@@ -405,6 +405,12 @@ class Session:
         overlay = txn.writes if txn is not None and txn.writes else None
         return self.database.store.scan_chunks(low, high, reverse, overlay, first)
 
+    def first(self, low: bytes, high: bytes | None, reverse: bool = False):
+        """The first entry scan_chunks would give, by a seek (Store.first)."""
+        txn = self.transaction
+        overlay = txn.writes if txn is not None and txn.writes else None
+        return self.database.store.first(low, high, reverse, overlay)
+
     def get(self, key: bytes) -> bytes | None:
         txn = self.transaction
         if txn is not None and key in txn.writes:

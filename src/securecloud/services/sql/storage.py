@@ -279,6 +279,51 @@ class Store:
                 return block.values[i]
         return None
 
+    def first(
+        self, low: bytes, high: bytes | None, reverse: bool = False, overlay: Writes | None = None
+    ) -> Entry | None:
+        """The first live entry `scan` would give, found by one seek in each source instead
+        of setting up a merged scan: what a LIMIT 1 or a unique key reads."""
+        frozen, runs = self.frozen, self.runs  # the order scan_chunks reads them in
+        while True:
+            best = None  # sources newest first: on a tie the newer entry stays
+            if overlay:
+                key = overlay.nearest(low, high, reverse)
+                if key is not None:
+                    best = (key, overlay[key])
+            for table in (self.memtable, frozen):
+                if table:
+                    best = _nearer(best, _table_first(table, low, high, reverse), reverse)
+            for run in runs:
+                best = _nearer(best, self._run_first(run, low, high, reverse), reverse)
+            if best is None or best[1] is not None:
+                return best
+            if reverse:  # a delete: seek on past it
+                high = best[0]
+            else:
+                low = best[0] + b"\x00"  # the least key after it
+
+    def _run_first(self, run: Run, low: bytes, high: bytes | None, reverse: bool):
+        fences, names = run.fences, run.names
+        if reverse:
+            position = (len(fences) if high is None else bisect.bisect_left(fences, high)) - 1
+            if position < 0:
+                return None
+            block = self._block(names[position])
+            keys = block.keys  # keys[0] (the fence) < high, so i >= 0
+            i = (len(keys) if high is None else bisect.bisect_left(keys, high)) - 1
+            return (keys[i], block.values[i]) if keys[i] >= low else None
+        position = max(0, bisect.bisect_right(fences, low) - 1)
+        block = self._block(names[position])
+        i = bisect.bisect_left(block.keys, low)
+        if i == len(block.keys):  # past this block's last key: the next block's first
+            position, i = position + 1, 0
+            if position == len(names):
+                return None
+            block = self._block(names[position])
+        key = block.keys[i]
+        return (key, block.values[i]) if high is None or key < high else None
+
     def scan(
         self,
         low: bytes,
@@ -572,6 +617,31 @@ def _table_chunks(table: SortedDict, start: int, end: int, reverse: bool, first:
         if reverse:
             chunk.reverse()
         yield chunk
+
+
+def _table_first(table: SortedDict, low: bytes, high: bytes | None, reverse: bool):
+    """A memtable's first entry in [low, high) (the last when `reverse`), or None."""
+    if reverse:
+        i = (len(table) if high is None else table.bisect_left(high)) - 1
+        if i < 0:
+            return None
+    else:
+        i = table.bisect_left(low)
+        if i == len(table):
+            return None
+    key, (_, value) = table.peekitem(i)
+    if key < low or (high is not None and key >= high):
+        return None
+    return key, value
+
+
+def _nearer(best: Entry | None, found: Entry | None, reverse: bool) -> Entry | None:
+    """`found` if it comes strictly before `best` in scan order, else `best`."""
+    if found is None or best is None:
+        return best or found
+    if reverse:
+        return found if found[0] > best[0] else best
+    return found if found[0] < best[0] else best
 
 
 def _slices(start: int, end: int, reverse: bool, first: int = 16) -> Iterator[tuple[int, int]]:

@@ -11,9 +11,9 @@ to the session (engine.Session), which enforces keys and maintains indexes.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import apsw
@@ -64,6 +64,7 @@ class Module:
 class VirtualTable:
     def __init__(self, session: Session, table: Table):
         self.session, self.table = session, table
+        self.shapes: dict[str, _Shape] = {}  # by idxStr
         self.orders = [(PRIMARY, table.primary_key, (False,) * len(table.primary_key), True)]
         for index in table.indexes:
             self.orders.append((index.id, index.columns, index.descending, False))
@@ -127,6 +128,7 @@ class VirtualTable:
             plan["reverse"] = self._order(info, columns[depth:], descending[depth:], positions)
         if plan["reverse"] is not None:
             info.orderByConsumed = True
+        plan["unique"] = unique
         info.idxStr = json.dumps(plan)
         info.estimatedCost = cost
         info.estimatedRows = int(rows)
@@ -208,33 +210,47 @@ class Cursor:
         self.columns = None  # the chunk decoded by column (rows.ChunkColumns), False: by row
 
     def Filter(self, indexnum, indexname, args):
-        plan = _plan(indexname)
+        shape = self.vtable.shapes.get(indexname)
+        if shape is None:
+            shape = self.vtable.shapes[indexname] = _Shape.of(self.table, indexname)
+        plan = shape.plan
         by_constraint = dict(zip(plan["order"], args, strict=True))
-        index_id = plan["index"]
-        if index_id == PRIMARY:
-            columns, descending = self.table.primary_key, (False,) * len(self.table.primary_key)
-        else:
-            index = next(i for i in self.table.indexes if i.id == index_id)
-            columns, descending = index.columns, index.descending
         if plan.get("skip"):
-            chunks = self._skip_chunks(index_id, columns, descending, plan, by_constraint)
+            chunks = self._skip_chunks(shape, by_constraint)
         else:
-            ranges = _ranges(self.table, index_id, columns, descending, plan, by_constraint)
+            ranges = _ranges(shape, by_constraint)
             reverse = bool(plan["reverse"])
             if reverse:
                 ranges.reverse()
-            chunks = itertools.chain.from_iterable(
-                self.session.scan_chunks(low, high, reverse) for low, high in ranges
-            )
-        if index_id != PRIMARY:
-            chunks = (self._rows_of(chunk, len(columns)) for chunk in chunks)
+            chunks = self._seek_then_scan(ranges, reverse, rest=not plan["unique"])
+        if shape.index_id != PRIMARY:
+            chunks = (self._rows_of(chunk, shape.descending) for chunk in chunks)
         self.chunks, self.chunk, self.i = chunks, [], -1
         self.Next()
 
-    def _skip_chunks(self, index_id: int, columns, descending, plan: dict, by_constraint):
+    def _seek_then_scan(self, ranges: list, reverse: bool, rest: bool):
+        """Each range's first entry by a seek (Store.first), then, if SQLite steps on and
+        the range can hold more (`rest`: not a whole unique key), a scan for the rest:
+        a LIMIT 1 or a unique key never sets one up."""
+        session = self.session
+        for low, high in ranges:
+            entry = session.first(low, high, reverse)
+            if entry is None:
+                continue
+            yield [entry]
+            if not rest:
+                continue
+            if reverse:
+                high = entry[0]
+            else:
+                low = entry[0] + b"\x00"  # the least key after it
+            yield from session.scan_chunks(low, high, reverse)
+
+    def _skip_chunks(self, shape: _Shape, by_constraint):
         """Per value of the first column, only the entries whose second column matches:
         within a chunk by bisection, across chunks by seeking to the next wanted key."""
-        affinity = self.table.column(columns[1]).affinity
+        plan, columns, descending = shape.plan, shape.columns, shape.descending
+        affinity = shape.affinities[1]
         if plan["eq"]:
             try:
                 value = coerce(by_constraint[plan["eq"][0]], affinity, columns[1])
@@ -250,14 +266,14 @@ class Cursor:
                     spec.append((coerce(by_constraint[c], affinity, columns[1]), op))
                 except Exception:
                     continue  # SQLite checks this constraint itself
-        base = index_prefix(self.table.id, index_id)
+        base = shape.base
         end, position = prefix_end(base), base
         while position is not None:
             # one entry tells which value of the first column comes next ...
-            head = next(iter(self.session.scan_chunks(position, end, first=1)), None)
+            head = self.session.first(position, end)
             if head is None:
                 return
-            key = head[0][0]
+            key = head[0]
             group = key[: decode_value(key, len(base), descending[0])[1]]
             # ... then exactly its matching run is read: no source hands over entries
             # past it, so chunks from several sources rarely need merging
@@ -268,11 +284,13 @@ class Cursor:
                 yield from self.session.scan_chunks(low, high, first=CHUNK)
             position = prefix_end(group)
 
-    def _rows_of(self, entries: list, indexed: int) -> list:
-        pk_count = len(self.table.primary_key)
+    def _rows_of(self, entries: list, descending: tuple[bool, ...]) -> list:
+        """The rows that index entries point to (their keys end with the primary key)."""
+        indexed, pk_count = len(descending), len(self.table.primary_key)
+        order = descending + (False,) * pk_count
         rows = []
         for key, _ in entries:
-            values, _ = decode_values(key, indexed + pk_count, position=_after_ids(key))
+            values, _ = decode_values(key, indexed + pk_count, _after_ids(key), order)
             row_key = index_prefix(self.table.id, PRIMARY) + encode_values(values[indexed:])
             value = self.session.get(row_key)
             if value is not None:
@@ -317,10 +335,30 @@ class Cursor:
         self._close()
 
 
-@functools.lru_cache(maxsize=1024)
-def _plan(text: str) -> dict:
-    """best_index's plan, parsed once per distinct plan (read, never changed)."""
-    return json.loads(text)
+@dataclass(frozen=True)
+class _Shape:
+    """A plan (best_index's idxStr) with what Filter needs of it worked out once: the
+    index's columns, their order and affinities, and the key prefix of the index."""
+
+    plan: dict
+    index_id: int
+    columns: tuple[str, ...]
+    descending: tuple[bool, ...]
+    affinities: tuple[str, ...]
+    base: bytes
+
+    @classmethod
+    def of(cls, table: Table, text: str) -> _Shape:
+        plan = json.loads(text)
+        index_id = plan["index"]
+        if index_id == PRIMARY:
+            columns, descending = table.primary_key, (False,) * len(table.primary_key)
+        else:
+            index = next(i for i in table.indexes if i.id == index_id)
+            columns, descending = index.columns, index.descending
+        affinities = tuple(table.column(c).affinity for c in columns)
+        base = index_prefix(table.id, index_id)
+        return cls(plan, index_id, tuple(columns), tuple(descending), affinities, base)
 
 
 def _narrow(prefix: bytes, spec, descending: bool) -> tuple[bytes, bytes | None]:
@@ -345,10 +383,12 @@ def _narrow(prefix: bytes, spec, descending: bool) -> tuple[bytes, bytes | None]
     return low, high
 
 
-def _ranges(table: Table, index_id: int, columns, descending, plan: dict, by_constraint) -> list:
+def _ranges(shape: _Shape, by_constraint) -> list:
     """The key ranges [low, high) of a plan: one per combination of the equality (and IN)
     values, narrowed by the range constraints on the next column."""
-    affinities = [table.column(c).affinity for c in columns]
+    plan, columns, descending, affinities = (
+        shape.plan, shape.columns, shape.descending, shape.affinities
+    )  # fmt: skip
     choices = []
     for n, c in enumerate(plan["eq"]):
         values = by_constraint[c]
@@ -359,14 +399,16 @@ def _ranges(table: Table, index_id: int, columns, descending, plan: dict, by_con
                 kept.append(coerce(value, affinities[n], columns[n]))
             except Exception:
                 continue  # a value of another type equals nothing in this column
-        choices.append(sorted(set(kept), key=lambda v: (v is None, v)))
-    base = index_prefix(table.id, index_id)
+        choices.append(sorted(set(kept), key=lambda v: (v is None, v)) if len(kept) > 1 else kept)
     ranges = []
     depth = len(plan["eq"])
     for combination in itertools.product(*choices):
-        if any(v is None for v in combination):
+        if None in combination:
             continue  # = NULL is never true
-        prefix = base + encode_values(combination, descending[:depth])
+        prefix = shape.base + encode_values(combination, descending[:depth])
+        if not plan["range"]:
+            ranges.append((prefix, prefix_end(prefix)))
+            continue
         spec = []
         for c, op in plan["range"]:
             try:

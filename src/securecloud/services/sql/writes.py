@@ -42,6 +42,15 @@ class Writes(dict):
         end = len(keys) if high is None else bisect.bisect_left(keys, high)
         return keys[start:end]
 
+    def nearest(self, low: bytes, high: bytes | None, reverse: bool) -> bytes | None:
+        """The first key of irange(low, high) (the last when `reverse`), or None."""
+        keys = self._ordered()
+        if reverse:
+            i = (len(keys) if high is None else bisect.bisect_left(keys, high)) - 1
+            return keys[i] if i >= 0 and keys[i] >= low else None
+        i = bisect.bisect_left(keys, low)
+        return keys[i] if i < len(keys) and (high is None or keys[i] < high) else None
+
     def _ordered(self) -> list[bytes]:
         if self._sorted is None:
             self._sorted, self._unsorted = sorted(self), []
