@@ -6,6 +6,10 @@ import subprocess
 
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from securecloud.services.sql import pgwire
 
 
 def test_psycopg_inserts_and_queries_with_parameters(pg_server):
@@ -175,3 +179,29 @@ def test_silent_sockets_are_dropped_and_clients_beyond_the_limit_refused(tls_fil
             assert connection.execute("SELECT 1").fetchone() == (1,)
     finally:
         server.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(),
+            st.floats(min_value=-1e6, max_value=1e6),
+            st.floats(min_value=1e-6, max_value=1e-3),  # around the bound of _plain
+            st.floats(min_value=1e300),
+        ),
+        min_size=1,
+        max_size=20,
+    ),
+    st.booleans(),
+)
+def test_a_column_of_floats_is_sent_as_each_value_alone_would_be(values, binary):
+    """Columns are converted in bulk (orjson for plain floats, maps for the rest); the
+    bytes equal the value-by-value conversion, repr's text included."""
+    column = pgwire._fields(tuple(values), binary)
+    alone = [pgwire._fields((v,), binary)[0] for v in values]
+    expected = [
+        pgwire._U32.pack(len(raw)) + raw
+        for raw in (pgwire._binary(v) if binary else pgwire._text(v) for v in values)
+    ]
+    assert column == alone == expected

@@ -22,6 +22,7 @@ import datetime as dt
 import functools
 import hmac
 import logging
+import math
 import os
 import re
 import socket
@@ -29,7 +30,10 @@ import ssl
 import struct
 import threading
 from dataclasses import dataclass, field
+from itertools import repeat
 
+import numpy as np
+import orjson
 from sqlglot import exp
 
 from securecloud.services.sql import introspection
@@ -237,21 +241,65 @@ def _binary(value) -> bytes:
 
 
 def data_rows(rows: list[tuple], formats: list[int]) -> bytes:
-    out = []
-    count = struct.pack("!H", len(rows[0])) if rows else b""
+    """DataRow messages, built a column at a time: a column of one type is converted by
+    C-level maps (a thousand rows of twenty columns is a hundred maps, not twenty
+    thousand Python steps); a column with NULLs or mixed types value by value."""
+    if not rows:
+        return b""
     binary_all = formats == [1]
-    for row in rows:
-        parts = [count]
-        for i, value in enumerate(row):
-            if value is None:
-                parts.append(b"\xff\xff\xff\xff")
-                continue
-            binary = binary_all or (len(formats) > 1 and formats[i] == 1)
+    columns = [
+        _fields(values, binary_all or (len(formats) > 1 and formats[i] == 1))
+        for i, values in enumerate(zip(*rows, strict=True))
+    ]
+    payloads = list(map(b"".join, zip(repeat(_U16.pack(len(columns))), *columns)))
+    lengths = map(_LENGTH_ITSELF.__add__, map(len, payloads))
+    heads = map(_ROW_HEAD.pack, repeat(b"D"), lengths)
+    return b"".join(map(bytes.__add__, heads, payloads))
+
+
+_U16 = struct.Struct("!H")
+_ROW_HEAD = struct.Struct("!cI")
+_LENGTH_ITSELF = 4  # a message's length counts its own four bytes
+_NULL_FIELD = b"\xff\xff\xff\xff"
+_EIGHT = _U32.pack(8)
+_F64 = struct.Struct("!d")
+_I64 = struct.Struct("!q")
+
+
+def _plain(values: tuple) -> bool:
+    """Every value finite, and 0 or at least 1e-4 in magnitude: where orjson writes a
+    float as repr does (the same shortest digits and exponent form), ten times faster;
+    smaller ones it writes as 0.00001 or 1e-7, not 1e-05 and 1e-07."""
+    magnitudes = np.abs(np.fromiter(values, float, len(values)))
+    return bool((((magnitudes >= 1e-4) & (magnitudes < np.inf)) | (magnitudes == 0)).all())
+
+
+def _fields(values: tuple, binary: bool) -> list[bytes]:
+    """One column's fields: each value's length then its bytes (-1 for NULL)."""
+    kinds = set(map(type, values))
+    kind = kinds.pop()
+    same = not kinds
+    if same and not binary and kind in (float, int, str):
+        if kind is str:
+            encoded = list(map(str.encode, values))
+        elif kind is float and _plain(values):
+            encoded = orjson.dumps(values)[1:-1].split(b",")
+        elif kind is int or all(map(math.isfinite, values)):
+            encoded = list(map(str.encode, map(kind.__repr__, values)))
+        else:
+            encoded = list(map(_float_text, values))
+        return list(map(bytes.__add__, map(_U32.pack, map(len, encoded)), encoded))
+    if same and binary and kind in (float, int):
+        packed = map(_F64.pack if kind is float else _I64.pack, values)
+        return list(map(bytes.__add__, repeat(_EIGHT), packed))
+    fields = []
+    for value in values:
+        if value is None:
+            fields.append(_NULL_FIELD)
+        else:
             raw = _binary(value) if binary else _text(value)
-            parts.append(struct.pack("!I", len(raw)) + raw)
-        payload = b"".join(parts)
-        out.append(b"D" + struct.pack("!I", len(payload) + 4) + payload)
-    return b"".join(out)
+            fields.append(_U32.pack(len(raw)) + raw)
+    return fields
 
 
 def _decode_params(prepared: Prepared, formats: list[int], count: int, rest: bytes, position: int):
