@@ -36,14 +36,16 @@ import json
 import logging
 import struct
 import threading
+from array import array
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
 
 from sortedcontainers import SortedDict
 
+from securecloud.services.sql.keyfilter import KeyFilter
 from securecloud.services.sql.objects import ObjectStore, Op, VersionConflict
 from securecloud.services.sql.writes import Writes
 
@@ -156,6 +158,8 @@ class Run:
     names: list[str]
     entries: int
     tombstones: bool  # may hold deletes (every run but the oldest)
+    # its keys, deletes included, when this process wrote it (None: read at start)
+    keys: KeyFilter | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict:
         return {
@@ -270,6 +274,8 @@ class Store:
         if hit is not None:
             return hit[1]
         for run in self.runs:
+            if run.keys is not None and not run.keys.may_hold(key):
+                continue  # most new keys of an INSERT: no block searched
             position = bisect.bisect_right(run.fences, key) - 1
             if position < 0:
                 continue
@@ -573,8 +579,11 @@ class Store:
             seal()
         if pending:
             self.objects.batch(pending)
-        run = Run([b.keys[0] for b in blocks], [b.name for b in blocks], count, tombstones)
-        return run, blocks
+        hashes = array("q")
+        for block in blocks:
+            hashes.extend(map(hash, block.keys))
+        fences, names = [b.keys[0] for b in blocks], [b.name for b in blocks]
+        return Run(fences, names, count, tombstones, KeyFilter(hashes)), blocks
 
     def _delete(self, names: list[str]) -> None:
         for start in range(0, len(names), BATCH_LIMIT):
@@ -594,6 +603,7 @@ class Store:
             "checkpointing_entries": len(self.frozen) if self.frozen is not None else 0,
             "runs": len(self.runs),
             "blocks": sum(len(run.names) for run in self.runs),
+            "key_filter_bytes": sum(run.keys.size_bytes for run in self.runs if run.keys),
             "cache_bytes": self.cache.used,
             "cache_hits": self.cache.hits,
             "cache_misses": self.cache.misses,
