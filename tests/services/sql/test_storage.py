@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from securecloud.services.sql import storage
 from securecloud.services.sql.storage import Store, WriteConflict
-from securecloud.services.sql.writes import Writes
+from securecloud.services.sql.writes import Memtable, Writes
 from tests.services.sql.memory import MemoryObjects
 
 keys = st.binary(min_size=1, max_size=3)
@@ -166,6 +166,36 @@ def test_a_transactions_writes_come_back_in_key_order_whatever_came_between(step
     assert writes.irange(b"", None) == sorted(model)
     with pytest.raises(TypeError):
         writes.update({b"k": b"v"})  # would bypass the key order's bookkeeping
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.lists(st.binary(min_size=1, max_size=3), max_size=300), st.booleans()),
+        max_size=12,
+    )
+)
+def test_the_memtable_keeps_commits_and_gives_its_keys_in_order(commits):
+    """Commits of a few keys or hundreds (new ones placed one by one, merged by slices or
+    sorted at once), read or not between them, against a plain dict."""
+    memtable, model = Memtable(), {}
+    for seq, (keys, read) in enumerate(commits, start=1):
+        keys = list(dict.fromkeys(keys))  # a commit writes a key once
+        values = [None if k[0] % 5 == 0 else k * 2 for k in keys]
+        memtable.apply(seq, keys, values)
+        model.update((k, (seq, v)) for k, v in zip(keys, values, strict=True))
+        if read:
+            assert memtable.ordered() == sorted(model)
+    assert dict(memtable) == model
+    assert memtable.ordered() == sorted(model)
+    assert memtable.irange(b"\x40", b"\x80") == [k for k in sorted(model) if b"\x40" <= k < b"\x80"]
+    base = len(commits) + 1
+    for seq, (first, step) in enumerate(((0, 2), (1, 14), (3, 26)), start=base):
+        # many keys, then fewer that fall between them (merged by slices)
+        keys = [b"\x01" + n.to_bytes(2, "big") for n in range(first, 3000, step)]
+        memtable.apply(seq, keys, keys)
+        model.update((k, (seq, k)) for k in keys)
+        assert memtable.ordered() == sorted(model)
 
 
 class HeldBlocks(MemoryObjects):

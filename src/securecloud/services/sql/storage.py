@@ -3,8 +3,8 @@
 One sorted space of byte keys (keys.py) holds every table and index. A
 commit appends its write set as one KVS object `wal/<seq>` (conditional:
 must not exist yet, so a second writer on the same database is noticed) and
-only then is acknowledged; the entries also go into an in-memory sorted table
-(the memtable). A checkpoint writes the memtable as a new sorted run, on a
+only then is acknowledged; the entries also go into an in-memory table (the
+memtable, its keys put in order when a read asks: writes.py). A checkpoint writes the memtable as a new sorted run, on a
 thread of its own while commits go on (the full memtable is frozen and read
 after the new one until its run is in the manifest): blocks
 of about BLOCK_BYTES, immutable, each a KVS object `blk/<n>`, deletes kept as
@@ -19,7 +19,9 @@ lost and nothing uncommitted appears.
 
 Reads merge the overlay (a transaction's own writes), the memtable and the
 runs newest to oldest, a list at a time: up to the smallest last key of the
-lists at hand, the newer entries win (a dict), then one sort.
+lists at hand, the newer entries win (a dict), then one sort. The first entry
+of a range (LIMIT 1, a unique key) is one seek in each source instead (`first`);
+a point read skips the runs whose key filter rules the key out (keyfilter.py).
 
 A transaction's writes stay in its session until commit; a commit fails with
 `WriteConflict` when a key it writes was committed by someone else after the
@@ -43,11 +45,9 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
 
-from sortedcontainers import SortedDict
-
 from securecloud.services.sql.keyfilter import KeyFilter
 from securecloud.services.sql.objects import ObjectStore, Op, VersionConflict
-from securecloud.services.sql.writes import Writes
+from securecloud.services.sql.writes import Memtable, Writes
 
 BLOCK_BYTES = 128 * 1024
 BATCH_LIMIT = 1000
@@ -193,10 +193,10 @@ class Store:
         self.cache = BlockCache(cache_bytes)
         self.checkpoint_entries = checkpoint_entries
         self.lock = threading.RLock()
-        self.memtable: SortedDict = SortedDict()  # key -> (seq, value or None)
+        self.memtable = Memtable()
         # the memtable being written as a run (read after the memtable, before the runs),
         # the last seq it holds, and the thread writing it with what it left behind
-        self.frozen: SortedDict | None = None
+        self.frozen: Memtable | None = None
         self._frozen_seq = 0
         self._writer: threading.Thread | None = None
         self._written: tuple | BaseException | None = None
@@ -239,15 +239,12 @@ class Store:
             found = self.objects.get(name)
             if found is None:
                 break
-            keys, values = decode_run(found[0])
-            self._apply(seq, zip(keys, values, strict=True))
+            self._apply(seq, *decode_run(found[0]))
             applied += 1
         return applied
 
-    def _apply(self, seq: int, entries) -> None:
-        memtable = self.memtable
-        for key, value in entries:
-            memtable[key] = (seq, value)
+    def _apply(self, seq: int, keys: list[bytes], values: list[bytes | None]) -> None:
+        self.memtable.apply(seq, keys, values)
         self.seq = seq
 
     def close(self) -> None:
@@ -362,8 +359,9 @@ class Store:
                 sources.append((iter([own]), True))
         for table in (self.memtable, frozen):
             if table:
-                start = table.bisect_left(low)
-                end = len(table) if high is None else table.bisect_left(high)
+                keys = table.ordered()
+                start = bisect.bisect_left(keys, low)
+                end = len(keys) if high is None else bisect.bisect_left(keys, high)
                 if start < end:
                     sources.append((_table_chunks(table, start, end, reverse, first), True))
         sources += [
@@ -406,7 +404,7 @@ class Store:
                     # another server committed first: take its records, then recheck
                     self._catch_up()
                     self._check_conflicts(writes, started)
-            self._apply(seq, writes.items())
+            self._apply(seq, list(writes), list(writes.values()))
             self.commits += 1
             if self.background:
                 self._checkpoint_in_background()
@@ -486,13 +484,14 @@ class Store:
             log.warning("checkpoint failed, will retry at the next commit: %s", exc)
 
     def _freeze(self) -> None:
-        self.frozen, self._frozen_seq, self.memtable = self.memtable, self.seq, SortedDict()
+        self.memtable.ordered()  # sorted here, not by the writer thread and a reader at once
+        self.frozen, self._frozen_seq, self.memtable = self.memtable, self.seq, Memtable()
 
     def _write_frozen(self) -> tuple[Run, list[Block], list[Run]]:
         """The frozen memtable merged with the newest runs the tiering picks, written as
         new blocks that nothing references yet: (the run, its blocks, the runs merged)."""
         frozen = self.frozen
-        keys = list(frozen)  # in order, at C speed (the items view iterates in Python)
+        keys = frozen.ordered()
         values = map(_VALUE, map(dict.__getitem__, repeat(frozen), keys))
         entries = list(zip(keys, values, strict=True))
         depth = _merge_depth([len(entries)] + [run.entries for run in self.runs])
@@ -615,11 +614,10 @@ class Store:
         }
 
 
-def _table_chunks(table: SortedDict, start: int, end: int, reverse: bool, first: int = 16):
+def _table_chunks(table: Memtable, start: int, end: int, reverse: bool, first: int = 16):
     """A memtable's positions start..end in slices (_slices), deletes as None."""
-    keys = table.keys()
-    lookup = functools.partial(dict.__getitem__, table)  # C speed, unlike
-    # sortedcontainers' values view, whose slices look keys up in a Python loop
+    keys = table.ordered()
+    lookup = functools.partial(dict.__getitem__, table)
     second = itemgetter(1)
     for i, j in _slices(start, end, reverse, first):
         sliced = keys[i:j]
@@ -629,20 +627,10 @@ def _table_chunks(table: SortedDict, start: int, end: int, reverse: bool, first:
         yield chunk
 
 
-def _table_first(table: SortedDict, low: bytes, high: bytes | None, reverse: bool):
+def _table_first(table: Memtable, low: bytes, high: bytes | None, reverse: bool):
     """A memtable's first entry in [low, high) (the last when `reverse`), or None."""
-    if reverse:
-        i = (len(table) if high is None else table.bisect_left(high)) - 1
-        if i < 0:
-            return None
-    else:
-        i = table.bisect_left(low)
-        if i == len(table):
-            return None
-    key, (_, value) = table.peekitem(i)
-    if key < low or (high is not None and key >= high):
-        return None
-    return key, value
+    key = table.nearest(low, high, reverse)
+    return None if key is None else (key, table[key][1])
 
 
 def _nearer(best: Entry | None, found: Entry | None, reverse: bool) -> Entry | None:
