@@ -4,11 +4,12 @@ One sorted space of byte keys (keys.py) holds every table and index. A
 commit appends its write set as one KVS object `wal/<seq>` (conditional:
 must not exist yet, so a second writer on the same database is noticed) and
 only then is acknowledged; the entries also go into an in-memory table (the
-memtable, its keys put in order when a read asks: writes.py). A checkpoint writes the memtable as a new sorted run, on a
-thread of its own while commits go on (the full memtable is frozen and read
-after the new one until its run is in the manifest): blocks
-of about BLOCK_BYTES, immutable, each a KVS object `blk/<n>`, deletes kept as
-tombstones while older runs may hold the key. Runs are listed newest first in
+memtable, its keys put in order when a read asks: writes.py). A checkpoint
+writes the memtable as a new sorted run, on a thread of its own while commits
+go on (the full memtable is frozen and read after the new one until its run
+is in the manifest): blocks of about BLOCK_BYTES, immutable, each a KVS
+object `blk/<n>`, deletes kept as tombstones while older runs may hold the
+key. Runs are listed newest first in
 `manifest`, which moves in one atomic KVS batch. Runs are merged size-tiered
 (a run is merged into when the newer data reaches TIER_RATIO times its size;
 never more than MAX_RUNS), so a key is rewritten a logarithmic number of times
@@ -60,7 +61,7 @@ _TOMBSTONE = 0xFFFFFFFF
 log = logging.getLogger("securecloud.sql")
 
 Entry = tuple[bytes, bytes | None]
-_VALUE = itemgetter(1)  # of a memtable entry (seq, value)
+_KEY, _VALUE = itemgetter(0), itemgetter(1)  # of an entry, or a memtable's (seq, value)
 _NEVER = (0, None)
 
 
@@ -68,17 +69,20 @@ class WriteConflict(Exception):
     """Another transaction committed one of these keys first: retry."""
 
 
-def encode_run(entries: list[Entry]) -> bytes:
+def encode_run(keys: list[bytes], values: list[bytes | None]) -> bytes:
     """count | key lengths (u16 each) | value lengths (u32, FFFFFFFF: deleted) | keys | values"""
-    keys = [k for k, _ in entries]
-    values = [v for _, v in entries]
+    if None in values:
+        lengths = [_TOMBSTONE if v is None else len(v) for v in values]
+        values = [v for v in values if v is not None]
+    else:
+        lengths = list(map(len, values))
     return b"".join(
         [
-            _HEADER.pack(len(entries)),
+            _HEADER.pack(len(keys)),
             struct.pack(f"<{len(keys)}H", *map(len, keys)),
-            struct.pack(f"<{len(values)}I", *(_TOMBSTONE if v is None else len(v) for v in values)),
+            struct.pack(f"<{len(lengths)}I", *lengths),
             *keys,
-            *(v for v in values if v is not None),
+            *values,
         ]
     )
 
@@ -392,7 +396,7 @@ class Store:
         """Make `writes` (key -> value, None: delete) durable; return its seq."""
         if not writes:
             return self.seq
-        record = encode_run(list(writes.items()))
+        record = encode_run(list(writes), list(writes.values()))
         with self.lock:
             self._check_conflicts(writes, started)
             while True:
@@ -553,7 +557,7 @@ class Store:
             nonlocal pending, pending_bytes, keys, values, size
             name = f"blk/{self.next_block:012d}"
             self.next_block += 1
-            data = encode_run(list(zip(keys, values, strict=True)))
+            data = encode_run(keys, values)
             blocks.append(Block(name, keys, values, len(data)))
             if pending and (len(pending) == BATCH_LIMIT or pending_bytes + len(data) > BATCH_BYTES):
                 self.objects.batch(pending)
@@ -562,17 +566,27 @@ class Store:
             pending_bytes += len(data)
             keys, values, size = [], [], 0
 
-        for chunk in chunks:
-            for key, value in chunk:
-                keys.append(key)
-                values.append(value)
-                if value is None:
-                    tombstones = True
-                    size += len(key) + 6
-                else:
-                    size += len(key) + len(value) + 6
-                if size >= BLOCK_BYTES:
-                    seal()
+        for chunk in chunks:  # a chunk at a time, cut where the running size crosses
+            chunk_keys, chunk_values = list(map(_KEY, chunk)), list(map(_VALUE, chunk))
+            if None in chunk_values:
+                tombstones = True
+                sizes = [len(k) + (0 if v is None else len(v)) + 6 for k, v in chunk]
+            else:
+                sizes = map(sum, zip(map(len, chunk_keys), map(len, chunk_values), repeat(6)))
+            ends = list(itertools.accumulate(sizes))  # ends[i]: entries 0..i's bytes
+            start, before = 0, 0  # the chunk's entries already placed, and their bytes
+            while start < len(chunk):
+                # the first entry that brings the block to BLOCK_BYTES ends it
+                last = bisect.bisect_left(ends, BLOCK_BYTES - size + before, start)
+                if last == len(chunk):
+                    keys += chunk_keys[start:]
+                    values += chunk_values[start:]
+                    size += ends[-1] - before
+                    break
+                keys += chunk_keys[start : last + 1]
+                values += chunk_values[start : last + 1]
+                seal()
+                start, before = last + 1, ends[last]
             count += len(chunk)
         if keys:
             seal()
