@@ -266,6 +266,9 @@ _F64 = struct.Struct("!d")
 _I64 = struct.Struct("!q")
 
 
+_BULK_FLOATS = 64  # below this NumPy's set-up for the check costs more than repr saves
+
+
 def _plain(values: tuple) -> bool:
     """Every value finite, and 0 or at least 1e-4 in magnitude: where orjson writes a
     float as repr does (the same shortest digits and exponent form), ten times faster;
@@ -282,7 +285,7 @@ def _fields(values: tuple, binary: bool) -> list[bytes]:
     if same and not binary and kind in (float, int, str):
         if kind is str:
             encoded = list(map(str.encode, values))
-        elif kind is float and _plain(values):
+        elif kind is float and len(values) >= _BULK_FLOATS and _plain(values):
             encoded = orjson.dumps(values)[1:-1].split(b",")
         elif kind is int or all(map(math.isfinite, values)):
             encoded = list(map(str.encode, map(kind.__repr__, values)))

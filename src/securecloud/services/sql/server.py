@@ -23,7 +23,7 @@ from securecloud.services.sql.api import create_app
 from securecloud.services.sql.engine import Database
 from securecloud.services.sql.objects import KvsObjects
 from securecloud.services.sql.pgwire import Authenticator, PgServer
-from securecloud.services.sql.storage import Store
+from securecloud.services.sql.storage import CHECKPOINT_ENTRIES, Store
 
 MANIFEST = builtin_service("sql-server", "securecloud.services.sql.server:main", heap_mb=256)
 PG_PORT, HTTP_PORT = 5433, 8097
@@ -37,7 +37,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=PG_PORT, help="PostgreSQL protocol port")
     p.add_argument("--http-port", type=int, default=HTTP_PORT, help="HTTPS /v1/query port")
     p.add_argument("--cache-mb", type=int, default=128, help="decoded blocks kept in memory")
-    p.add_argument("--checkpoint-entries", type=int, default=200_000)
+    p.add_argument(
+        "--checkpoint-entries",
+        type=int,
+        default=CHECKPOINT_ENTRIES,
+        help="memtable entries that start a checkpoint (memory against rewrites)",
+    )
     p.add_argument("--log-level", default="info")
     return p
 
