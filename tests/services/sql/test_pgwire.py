@@ -206,3 +206,14 @@ def test_a_column_of_floats_is_sent_as_each_value_alone_would_be(values, binary)
         for raw in (pgwire._binary(v) if binary else pgwire._text(v) for v in values)
     ]
     assert column == alone == expected
+    rows = [(v, n) for n, v in enumerate(values)]  # a DataRow each, by column or by value
+    for count in (1, 2, len(rows)):
+        sent = pgwire.data_rows(rows[:count], [1] if binary else [0])
+        assert sent == b"".join(
+            b"D" + pgwire._U32.pack(4 + len(payload)) + payload
+            for payload in (
+                b"\x00\x02" + expected[n] + pgwire._U32.pack(len(f)) + f
+                for n in range(count)
+                for f in [pgwire._binary(n) if binary else str(n).encode()]
+            )
+        )
