@@ -240,6 +240,17 @@ def _binary(value) -> bytes:
     return str(value).encode()
 
 
+_U16 = struct.Struct("!H")
+_ROW_HEAD = struct.Struct("!cI")
+_LENGTH_ITSELF = 4  # a message's length counts its own four bytes
+_NULL_FIELD = b"\xff\xff\xff\xff"
+_EIGHT = _U32.pack(8)
+_F64 = struct.Struct("!d")
+_I64 = struct.Struct("!q")
+_BY_COLUMN_FROM = 3  # rows: one or two are cheaper value by value (no call per column)
+_BULK_FLOATS = 64  # below this NumPy's set-up for the check costs more than repr saves
+
+
 def data_rows(rows: list[tuple], formats: list[int]) -> bytes:
     """DataRow messages, built a column at a time: a column of one type is converted by
     C-level maps (a thousand rows of twenty columns is a hundred maps, not twenty
@@ -259,9 +270,6 @@ def data_rows(rows: list[tuple], formats: list[int]) -> bytes:
     return b"".join(map(bytes.__add__, heads, payloads))
 
 
-_BY_COLUMN_FROM = 3  # rows: one or two are cheaper value by value (no call per column)
-
-
 def _data_row(row: tuple, formats: list[int], binary_all: bool) -> bytes:
     parts = [_U16.pack(len(row))]
     for i, value in enumerate(row):
@@ -273,18 +281,6 @@ def _data_row(row: tuple, formats: list[int], binary_all: bool) -> bytes:
         parts.append(_U32.pack(len(raw)) + raw)
     payload = b"".join(parts)
     return _ROW_HEAD.pack(b"D", len(payload) + _LENGTH_ITSELF) + payload
-
-
-_U16 = struct.Struct("!H")
-_ROW_HEAD = struct.Struct("!cI")
-_LENGTH_ITSELF = 4  # a message's length counts its own four bytes
-_NULL_FIELD = b"\xff\xff\xff\xff"
-_EIGHT = _U32.pack(8)
-_F64 = struct.Struct("!d")
-_I64 = struct.Struct("!q")
-
-
-_BULK_FLOATS = 64  # below this NumPy's set-up for the check costs more than repr saves
 
 
 def _plain(values: tuple) -> bool:

@@ -167,7 +167,7 @@ class Run:
     entries: int
     tombstones: bool  # may hold deletes (every run but the oldest)
     # its keys, deletes included, when this process wrote it (None: read at start)
-    keys: KeyFilter | None = field(default=None, compare=False, repr=False)
+    key_filter: KeyFilter | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict:
         return {
@@ -279,7 +279,7 @@ class Store:
         if hit is not None:
             return hit[1]
         for run in self.runs:
-            if run.keys is not None and not run.keys.may_hold(key):
+            if run.key_filter is not None and not run.key_filter.may_hold(key):
                 continue  # most new keys of an INSERT: no block searched
             position = bisect.bisect_right(run.fences, key) - 1
             if position < 0:
@@ -620,7 +620,7 @@ class Store:
             "checkpointing_entries": len(self.frozen) if self.frozen is not None else 0,
             "runs": len(self.runs),
             "blocks": sum(len(run.names) for run in self.runs),
-            "key_filter_bytes": sum(run.keys.size_bytes for run in self.runs if run.keys),
+            "key_filter_bytes": sum(r.key_filter.size_bytes for r in self.runs if r.key_filter),
             "cache_bytes": self.cache.used,
             "cache_hits": self.cache.hits,
             "cache_misses": self.cache.misses,
