@@ -273,14 +273,17 @@ def data_rows(rows: list[tuple], formats: list[int]) -> bytes:
 def _data_row(row: tuple, formats: list[int], binary_all: bool) -> bytes:
     parts = [_U16.pack(len(row))]
     for i, value in enumerate(row):
-        if value is None:
-            parts.append(_NULL_FIELD)
-            continue
-        binary = binary_all or (len(formats) > 1 and formats[i] == 1)
-        raw = _binary(value) if binary else _text(value)
-        parts.append(_U32.pack(len(raw)) + raw)
+        parts.append(_field(value, binary_all or (len(formats) > 1 and formats[i] == 1)))
     payload = b"".join(parts)
     return _ROW_HEAD.pack(b"D", len(payload) + _LENGTH_ITSELF) + payload
+
+
+def _field(value, binary: bool) -> bytes:
+    """One value's field: its length then its bytes (-1 and nothing for NULL)."""
+    if value is None:
+        return _NULL_FIELD
+    raw = _binary(value) if binary else _text(value)
+    return _U32.pack(len(raw)) + raw
 
 
 def _plain(values: tuple) -> bool:
@@ -309,14 +312,7 @@ def _fields(values: tuple, binary: bool) -> list[bytes]:
     if same and binary and kind in (float, int):
         packed = map(_F64.pack if kind is float else _I64.pack, values)
         return list(map(bytes.__add__, repeat(_EIGHT), packed))
-    fields = []
-    for value in values:
-        if value is None:
-            fields.append(_NULL_FIELD)
-        else:
-            raw = _binary(value) if binary else _text(value)
-            fields.append(_U32.pack(len(raw)) + raw)
-    return fields
+    return [_field(value, binary) for value in values]
 
 
 def _decode_params(prepared: Prepared, formats: list[int], count: int, rest: bytes, position: int):
