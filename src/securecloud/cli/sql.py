@@ -43,6 +43,7 @@ def serve(
     from securecloud.cli.kvs import _client
     from securecloud.services.sql.deploy import SqlDeployment, sql_dir
     from securecloud.services.sql.server import BUCKET
+    from securecloud.services.sql.storage import MEMTABLES_MB
 
     with _client(data_dir, kvs_url) as admin:
         admin.create_bucket(BUCKET)
@@ -68,7 +69,7 @@ def serve(
         cas_ca,
         las,
         overcommit=True,  # the block cache is larger than the EPC budget: docs/sql.md
-        heap_mb=max(64, cache_mb + 64),
+        heap_mb=cache_mb + MEMTABLES_MB + 64,
     )
 
 

@@ -55,6 +55,9 @@ BLOCK_BYTES = 128 * 1024
 # loads rewrite about log2(rows / this) times) but more memory and more log to
 # replay at start; 500,000 readings take about 150 MB and replay in seconds
 CHECKPOINT_ENTRIES = 500_000
+# what the memtables hold at most (filling, being written, kept for conflict checks),
+# at about 300 bytes a metering reading: part of the heap the service declares
+MEMTABLES_MB = 3 * CHECKPOINT_ENTRIES * 300 // 2**20
 BATCH_LIMIT = 1000
 BATCH_BYTES = 8 * 1024 * 1024  # per KVS batch of new blocks: well inside its timeout
 TIER_RATIO = 2  # merge into a run once the newer data is twice its size
