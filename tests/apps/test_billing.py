@@ -18,7 +18,14 @@ from securecloud.apps.metering.authenticator import Authenticator
 from securecloud.apps.metering.meter import MeterSession
 from securecloud.apps.metering.model import consumer_for, day_readings
 from securecloud.apps.metering.registry import MeterRecord, Registry
-from securecloud.crypto import generate_signing_key, suite1
+from securecloud.crypto import (
+    MerkleTree,
+    generate_signing_key,
+    leaf_hash,
+    merkle_root,
+    suite1,
+    verify_inclusion,
+)
 from securecloud.crypto.agreement import public_bytes
 from tests.apps.test_authenticator import DictStorage
 
@@ -120,6 +127,26 @@ def test_honest_bill_lists_missing_intervals_and_passes_the_audit(world):
     assert bill["charges"]["demand"] is None
     result = _audit(world, bill, evidence, tariff)
     assert result.ok, result.problems
+
+
+def test_the_bill_root_commits_to_its_readings_a_day_of_hashes_at_a_time(world):
+    bill = _bill(world)[0]
+    readings, _roots = world[:2]
+    chosen = bills.select([r for r in readings if r.meter_id == 7], PERIOD).readings
+    hashes = [r.leaf_hash for r in chosen]
+    chunks = [b"".join(hashes[i : i + 96]) for i in range(0, len(hashes), 96)]
+    assert len(chunks) == 2  # 188 readings: 96 and 92
+    root = bytes.fromhex(bill["readings"]["root"])
+    assert root == merkle_root([leaf_hash(c) for c in chunks])
+    # one reading shown to be in the bill: the other hashes of its chunk and one path
+    proof = MerkleTree.from_leaves(chunks).inclusion_proof(1)
+    verify_inclusion(leaf_hash(chunks[1]), 1, 2, proof, root)
+
+
+def test_a_bill_of_another_format_is_refused_by_name(world):
+    bill, evidence, tariff = _bill(world)
+    older = _resign(world, dict(bill, type="securecloud.billing.bill.v1"))
+    assert _checks(_audit(world, older, evidence, tariff)) == {"bill-type"}
 
 
 def test_large_consumer_pays_a_demand_charge_and_passes(world):

@@ -8,6 +8,8 @@ from securecloud.crypto import (
     MerkleTree,
     ProofError,
     RangeProof,
+    chunked_root,
+    leaf_hashes,
     merkle_root,
     verify_consistency,
     verify_inclusion,
@@ -56,6 +58,44 @@ def test_the_levelwise_root_is_the_rfc6962_root_at_every_size():
     leaves = [i.to_bytes(2, "big") for i in range(130)]
     for n in range(131):
         assert merkle_root([leaf_hash(x) for x in leaves[:n]]) == reference_root(leaves[:n])
+
+
+def test_the_chunked_root_is_the_rfc6962_root_over_the_chunks_at_every_size():
+    hashes = [hashlib.sha256(i.to_bytes(2, "big")).digest() for i in range(200)]
+    for per_chunk in (1, 3, 96):
+        for n in range(201):
+            chunks = [b"".join(hashes[i : min(n, i + per_chunk)]) for i in range(0, n, per_chunk)]
+            assert chunked_root(b"".join(hashes[:n]), per_chunk) == reference_root(chunks)
+
+
+def test_the_chunked_root_shows_one_hash_by_its_chunk_and_the_chunk_path():
+    hashes = [hashlib.sha256(bytes([i])).digest() for i in range(250)]
+    root = chunked_root(b"".join(hashes), 96)
+    chunks = [b"".join(hashes[i : i + 96]) for i in range(0, 250, 96)]
+    # hash 130 is the 35th of chunk 1: the chunk's hashes and its audit path prove it
+    assert chunks[1][34 * 32 : 35 * 32] == hashes[130]
+    proof = MerkleTree.from_leaves(chunks).inclusion_proof(1)
+    verify_inclusion(leaf_hash(chunks[1]), 1, len(chunks), proof, root)
+    swapped = [*hashes[:130], hashes[131], hashes[130], *hashes[132:]]
+    assert chunked_root(b"".join(swapped), 96) != root  # the order inside a chunk counts
+
+
+def test_the_chunked_root_refuses_what_is_not_whole_hashes():
+    with pytest.raises(ValueError):
+        chunked_root(b"\x00" * 33, 96)
+    with pytest.raises(ValueError):
+        chunked_root(b"\x00" * 32, 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.data())
+def test_leaf_hashes_of_records_are_each_records_leaf_hash(size, data):
+    skip = data.draw(st.integers(0, size - 1))
+    records = data.draw(st.lists(st.binary(min_size=size, max_size=size), max_size=20))
+    assert leaf_hashes(b"".join(records), size, skip) == [leaf_hash(r[skip:]) for r in records]
+    if records and size > 1:  # a record cut short
+        with pytest.raises(ValueError):
+            leaf_hashes(b"".join(records)[:-1], size, skip)
 
 
 @settings(max_examples=40, deadline=None)

@@ -30,7 +30,6 @@ from securecloud.apps.billing.evidence import (
     verify_readings,
 )
 from securecloud.apps.billing.tariff import Tariff
-from securecloud.crypto import merkle_root
 from securecloud.crypto.errors import SignatureError
 
 COMPARED = (
@@ -129,6 +128,9 @@ def check(
     """Every check on parsed evidence: `audit` parses the JSON form first; a verifier
     that holds the signed readings already calls this directly."""
     result = result or AuditResult(bill.get("meter"), "full")
+    if bill.get("type") != bills.BILL_TYPE:
+        result.fail("bill-type", f"a bill of type {bill.get('type')!r}, not {bills.BILL_TYPE}")
+        return result
     try:
         bills.verify_bill_signature(bill, utility_keys)
     except (SignatureError, KeyError) as exc:
@@ -192,7 +194,7 @@ def _hash_only(bill, readings, opening, period, result: AuditResult) -> None:
         result.fail(
             "readings-mismatch", f"{len(readings)} hashes, the bill counts {claimed['count']}"
         )
-    root = merkle_root(hashes).hex() if hashes else None
+    root = bills.reading_root(b"".join(hashes)).hex() if hashes else None
     if root != claimed["root"]:
         result.fail("readings-mismatch", "the hashes do not give the bill's root")
     if claimed["count"] + claimed["missing_count"] != period.expected:

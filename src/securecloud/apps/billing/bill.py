@@ -20,10 +20,14 @@ exactly this computation, `audit.py`):
   interval demand x 15 min.
 - Demand charge (supplies above 1 kV with a tariff that has one): the
   period's highest 15-minute demand in kW x the price.
-- The commitment, as OCMF does for signed meter values: the RFC 6962 root over
-  the leaves (meter id || report) of the period's readings in counter order,
-  their count, first and last counter, the opening reading's leaf hash, the
-  totals and the tariff's digest, signed by the utility's key.
+- The commitment, as OCMF does for signed meter values: the root over the
+  leaf hashes of the period's readings (leaf = meter id || report) in counter
+  order, their count, first and last counter, the opening reading's leaf hash,
+  the totals and the tariff's digest, signed by the utility's key. The root is
+  RFC 6962's over the leaf hashes taken ROOT_CHUNK (a day's worth) at a time
+  (`crypto.chunked_root`): a month costs 59 hash calls instead of 2,879, and
+  one reading is shown to be in a bill by its chunk's other 95 hashes and the
+  chunk's audit path.
 """
 
 from __future__ import annotations
@@ -37,9 +41,10 @@ import numpy as np
 from securecloud.apps.billing.evidence import SignedReading
 from securecloud.apps.billing.tariff import Tariff
 from securecloud.apps.metering.reading import INTERVAL_S, READINGS_PER_DAY
-from securecloud.crypto import canonical, fingerprint, merkle_root, sign, verify
+from securecloud.crypto import canonical, chunked_root, fingerprint, sign, verify
 
-BILL_TYPE = "securecloud.billing.bill.v1"
+BILL_TYPE = "securecloud.billing.bill.v2"  # v1 rooted every hash singly: no chunks
+ROOT_CHUNK = READINGS_PER_DAY  # reading hashes per leaf of the bill's root
 CENT = Decimal("0.01")
 _EPOCH = dt.date(1970, 1, 1)
 
@@ -264,7 +269,7 @@ def compute(
             "expected": period.expected,
             "first_counter": int(counters[0]) if n_read else None,
             "last_counter": int(counters[-1]) if n_read else None,
-            "root": merkle_root(readings.hashes.tolist()).hex() if n_read else None,
+            "root": reading_root(readings.hashes.tobytes()).hex() if n_read else None,
             "missing": _ranges(missing, INTERVAL_S),
             "missing_count": len(missing),
             "counter_gaps": gaps,
@@ -310,6 +315,11 @@ def compute_from_readings(
         row = Columns.from_readings([opening])
         first = (int(row.counter[0]), int(row.end[0]), int(row.energy[0]), opening.leaf_hash)
     return compute(meter_id, supply, period, Columns.from_readings(readings), first, tariff)
+
+
+def reading_root(hashes: bytes) -> bytes:
+    """The bill's root over its readings' leaf hashes (back to back, counter order)."""
+    return chunked_root(hashes, ROOT_CHUNK)
 
 
 def sign_bill(content: dict, utility_key, issued: int) -> dict:

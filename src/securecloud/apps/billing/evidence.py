@@ -18,7 +18,6 @@ The evidence file given to the regulator (JSON):
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
@@ -27,7 +26,7 @@ import numpy as np
 
 from securecloud.apps.metering import store
 from securecloud.apps.metering.reading import Reading
-from securecloud.crypto import verify
+from securecloud.crypto import merkle, verify
 from securecloud.crypto.errors import ProofError, SignatureError
 
 EVIDENCE_TYPE = "securecloud.billing.evidence.v1"
@@ -66,7 +65,7 @@ class SignedReading:
     def leaf_hash(self) -> bytes:
         if self.report is None:  # hash-only evidence
             return self.given_leaf_hash
-        return hashlib.sha256(b"\x00" + self.leaf).digest()
+        return merkle.leaf_hash(self.leaf)
 
     @cached_property
     def reading(self) -> Reading:
@@ -104,10 +103,6 @@ class SignedReading:
             raise EvidenceError("malformed", f"a reading of the evidence: {exc!r}") from None
 
 
-def _node(left: bytes, right: bytes) -> bytes:
-    return hashlib.sha256(b"\x01" + left + right).digest()
-
-
 def verify_readings(
     readings: Iterable[SignedReading], roots: dict[tuple[str, int], dict], public_keys
 ) -> None:
@@ -135,13 +130,13 @@ def verify_readings(
             if sn == 0:
                 raise EvidenceError("bad-proof", f"proof of leaf {reading.index} too long")
             if fn & 1 or fn == sn:
-                r = _node(p, r)
+                r = merkle.node_hash(p, r)
                 if not fn & 1:
                     while fn and not fn & 1:
                         fn >>= 1
                         sn >>= 1
             else:
-                r = _node(r, p)
+                r = merkle.node_hash(r, p)
             fn >>= 1
             sn >>= 1
         else:

@@ -9,13 +9,13 @@ bill is stored at `bills/<start>+<days>d/<meter:010d>.json` (bucket `metering`).
 Evidence for the regulator is made on request (`evidence_for`), with each
 reading's audit path derived from the same ranges.
 
-The work is about three SHA-256 calls per reading (leaf, range, the bill's own
-root) and Python makes them on one core per process, so `bill_meters` shares
-it among forked worker processes. They are the job's own code and hold what it
-holds (the KVS key, the utility key); they hand verified readings to each other
-in memory shared among them. With a TEE that memory must be the enclave's own
-(all workers in one enclave, as with threads) or the runtime must protect it as it
-protects the job; this simulation has none to protect.
+The work is about two SHA-256 calls per reading (leaf, range; the bill's own root
+takes one per day of readings) and Python makes them on one core per process, so
+`bill_meters` shares it among forked worker processes. They are the job's own code
+and hold what it holds (the KVS key, the utility key); they hand verified readings
+to each other in memory shared among them. With a TEE that memory must be the
+enclave's own (all workers in one enclave, as with threads) or the runtime must
+protect it as it protects the job; this simulation has none to protect.
 """
 
 from __future__ import annotations

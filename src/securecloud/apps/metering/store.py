@@ -52,13 +52,19 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from hashlib import sha256
 
 import numpy as np
 
 from securecloud.apps.metering.reading import INTERVAL_S
 from securecloud.apps.metering.reading import SIZE as REPORT_SIZE
-from securecloud.crypto import RangeProof, canonical, leaf_hash, verify, verify_inclusion
+from securecloud.crypto import (
+    RangeProof,
+    canonical,
+    leaf_hash,
+    leaf_hashes,
+    verify,
+    verify_inclusion,
+)
 from securecloud.crypto.errors import ProofError, SignatureError
 
 BUCKET = "metering"
@@ -346,10 +352,8 @@ def read_segment(
             _verify_root(header, public_keys)
             checked[span.seq] = root
         offset = start * RECORD_SIZE
-        leaves = [
-            sha256(b"\x00" + body[o + 8 : o + RECORD_SIZE]).digest()
-            for o in range(offset, offset + count * RECORD_SIZE, RECORD_SIZE)
-        ]
+        # a record is seq and index (8 bytes), then the leaf
+        leaves = leaf_hashes(body[offset : offset + count * RECORD_SIZE], RECORD_SIZE, 8)
         ranged = RangeProof(header["size"], span.lo, leaves, span.proof, paths)
         if ranged.root != root:
             raise ProofError(f"segment: batch {span.seq}'s range does not give its signed root")
