@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import httpx
 
-from securecloud.infra.bulk_get import BulkGet, BulkResponse
+from securecloud.infra.bulk_http import BulkHttp, BulkResponse
 
 
 class ServiceError(Exception):
@@ -59,10 +59,13 @@ class ApiClient:
             self._refused(response.status_code, response.content)
         return response
 
-    def _get_bulk(self, bulk: BulkGet, path: str) -> BulkResponse:
-        """A GET of a large body through `bulk` (http.client), with `_call`'s errors."""
+    def _bulk_call(
+        self, bulk: BulkHttp, path: str, body: bytes | None = None, headers: dict | None = None
+    ) -> BulkResponse:
+        """A GET (or with `body` a PUT) of a large body through `bulk` (http.client), with
+        `_call`'s errors."""
         try:
-            got = bulk.get(path)
+            got = bulk.get(path) if body is None else bulk.put(path, body, headers or {})
         except (OSError, http.client.HTTPException) as exc:
             raise self._unreachable(exc) from exc
         if got.status >= 400:

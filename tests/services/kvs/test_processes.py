@@ -1,5 +1,6 @@
 """The KVS with real processes: nine storage nodes, an attested gateway, kills."""
 
+import base64
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from securecloud.infra.supervisor import Supervisor, free_port
+from securecloud.services.kvs import batchwire
 from securecloud.services.kvs.client import KvsClient
 from securecloud.services.kvs.errors import KvsError
 
@@ -107,7 +109,7 @@ def test_a_large_object_comes_back_whole_in_pieces(cluster):
 
 
 def test_keys_with_url_characters_round_trip_and_errors_keep_their_reason(cluster):
-    """Object bodies come back through http.client (infra.bulk_get), everything else
+    """Object bodies come back through http.client (infra.bulk_http), everything else
     through httpx: both must name the same object for any UTF-8 key and report a
     missing one as the gateway does."""
     client = cluster["client"]
@@ -132,6 +134,18 @@ def test_a_kept_connection_the_gateway_closed_is_replaced(cluster):
     assert len(client._bulk._idle) == 1
     time.sleep(6)
     assert client.get("meters", "idle-then-get") == b"still here"
+
+
+def test_a_put_after_the_gateway_closed_its_kept_connection_is_sent_once(cluster):
+    """A PUT is never sent twice (it may have been carried out): an idle connection the
+    gateway closed is noticed before the PUT goes out. A conditional PUT shows it: sent
+    twice, its second copy would find the version it made and be refused with 412."""
+    client = cluster["client"]
+    first = client.put("meters", "idle-then-put", b"v1")
+    time.sleep(6)  # uvicorn closes a connection idle for 5 s
+    second = client.put("meters", "idle-then-put", b"v2", if_match=first["version"])
+    assert second["version"] == first["version"] + 1
+    assert client.get("meters", "idle-then-put") == b"v2"
 
 
 def test_node_refuses_requests_without_the_token(cluster):
@@ -238,6 +252,33 @@ def test_api_refuses_bad_credentials_and_missing_scopes(cluster):
     assert anonymous.status_code == 401 and anonymous.json()["reason"] == "bad-credentials"
     wrong = httpx.get(f"{url}/v1", verify=context, headers={"Authorization": "Bearer admin:no"})
     assert wrong.status_code == 401
+
+
+def test_a_batch_in_json_or_binary_writes_the_same_and_a_damaged_one_nothing(cluster):
+    """The platform's clients send batches in binary (batchwire), others may send JSON
+    with base64 data: the gateway takes both; a body that does not parse is refused
+    with the operation and field named, and none of it is written."""
+    client = cluster["client"]
+    data = os.urandom(70_000)
+    client.batch("meters", [{"op": "put", "key": "form/binary", "data": data}])  # binary
+    json_form = {"operations": [
+        {"op": "put", "key": "form/json", "data": base64.b64encode(data).decode()},
+    ]}  # fmt: skip
+    assert client._call("POST", "/v1-batch/meters", json=json_form).status_code == 200
+    assert client.get("meters", "form/binary") == client.get("meters", "form/json") == data
+    damaged = batchwire.encode(
+        [{"op": "put", "key": "form/never", "data": b"x"}, {"op": "delete", "key": "form/json"}]
+    )[:-3]
+    with pytest.raises(KvsError) as refused:
+        client._call(
+            "POST",
+            "/v1-batch/meters",
+            content=damaged,
+            headers={"Content-Type": batchwire.MEDIA_TYPE},
+        )
+    assert refused.value.status == 400 and refused.value.reason == "bad-batch"
+    assert "operations[1]" in str(refused.value)
+    assert [o["key"] for o in client.list("meters", "form/")] == ["form/binary", "form/json"]
 
 
 def test_gateway_killed_during_an_atomic_batch_shows_all_or_nothing(cluster):

@@ -9,7 +9,8 @@ GET    /v1/{bucket}/{key}           the object; ETag, X-Object-Version, X-Storag
 HEAD   /v1/{bucket}/{key}           the same headers
 DELETE /v1/{bucket}/{key}           (write)
 POST   /v1-batch/{bucket}           {"operations": [{"op": "put"|"delete", "key", "data":
-                                    base64, "policy", "if_match"}]}: all or nothing (write)
+                                    base64, "policy", "if_match"}]}, or the same in binary
+                                    (batchwire.MEDIA_TYPE): all or nothing (write)
 PUT    /v1-admin/policy/{bucket}/{key}  {"policy": "..."}: re-encode (admin)
 GET    /v1-admin/stat/{bucket}/{key}    policy, version, fragment health per node (admin)
 """
@@ -17,13 +18,14 @@ GET    /v1-admin/stat/{bucket}/{key}    policy, version, fragment health per nod
 from __future__ import annotations
 
 import base64
+import json
 
 import anyio
 from fastapi import Body, Depends, FastAPI, Header, Query, Request, Response
 
 import securecloud
 from securecloud.infra.web import PiecewiseResponse, make_app
-from securecloud.services.kvs import s3
+from securecloud.services.kvs import batchwire, s3
 from securecloud.services.kvs.apikeys import ApiKey, KeyStore, require
 from securecloud.services.kvs.codec import ObjectMeta
 from securecloud.services.kvs.errors import BadRequest
@@ -52,6 +54,62 @@ def _summary(meta: ObjectMeta) -> dict:
         "policy": meta.policy,
         "modified_ms": meta.created_ms,
     }
+
+
+_BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "properties": {"operations": {"type": "array"}}},
+                "example": {
+                    "operations": [
+                        {"op": "put", "key": "a", "data": "aGVsbG8=", "if_match": 0},
+                        {"op": "delete", "key": "b"},
+                    ]
+                },
+            },
+            batchwire.MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def _json_operations(body: bytes) -> list[BatchOp]:
+    """The JSON form: {"operations": [{"op": "put" | "delete", "key", "data" (base64),
+    "policy", "if_match"}]}."""
+    try:
+        raw = json.loads(body).get("operations")
+    except (ValueError, AttributeError):
+        raise BadRequest(
+            f"body: expected JSON with operations, or content type {batchwire.MEDIA_TYPE}",
+            reason="bad-batch",
+        ) from None
+    if not isinstance(raw, list):
+        raise BadRequest("operations: expected a list", reason="bad-batch")
+    operations = []
+    for i, entry in enumerate(raw):
+        try:
+            kind = entry["op"]
+            if kind not in ("put", "delete"):
+                raise ValueError("op must be put or delete")
+            if_match = entry.get("if_match")
+            if if_match is not None and (
+                not isinstance(if_match, int) or isinstance(if_match, bool)
+            ):
+                raise ValueError("if_match must be a version number")
+            operations.append(
+                BatchOp(
+                    key=str(entry["key"]),
+                    data=base64.b64decode(entry.get("data", ""), validate=True),
+                    delete=kind == "delete",
+                    policy=entry.get("policy"),
+                    if_match=if_match,
+                )
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadRequest(f"operations[{i}]: {exc}", reason="bad-batch") from exc
+    return operations
 
 
 def create_app(gateway: Gateway, keys: KeyStore) -> FastAPI:
@@ -151,53 +209,27 @@ def create_app(gateway: Gateway, keys: KeyStore) -> FastAPI:
         gateway.delete(bucket, object_key)
         return Response(status_code=204)
 
-    @app.post("/v1-batch/{bucket}", tags=["objects"])
-    def batch(
-        bucket: str,
-        body: dict = Body(
-            examples=[
-                {
-                    "operations": [
-                        {"op": "put", "key": "a", "data": "aGVsbG8=", "if_match": 0},
-                        {"op": "delete", "key": "b"},
-                    ]
-                }
-            ]
-        ),
-        key: ApiKey = Depends(caller),
-    ) -> dict:
-        """Puts (data base64) and deletes, visible together or not at all."""
+    @app.post("/v1-batch/{bucket}", tags=["objects"], openapi_extra=_BATCH_BODY)
+    async def batch(request: Request, bucket: str, key: ApiKey = Depends(caller)) -> dict:
+        """Puts and deletes, visible together or not at all: JSON (data base64) or the
+        binary form (batchwire, what the platform's own clients send)."""
         require(key, bucket, "write")
-        operations = []
-        raw = body.get("operations")
-        if not isinstance(raw, list):
-            raise BadRequest("operations: expected a list", reason="bad-batch")
-        for i, entry in enumerate(raw):
+        body = await request.body()
+        if request.headers.get("content-type", "").startswith(batchwire.MEDIA_TYPE):
             try:
-                kind = entry["op"]
-                if kind not in ("put", "delete"):
-                    raise ValueError("op must be put or delete")
-                if_match = entry.get("if_match")
-                if if_match is not None and (
-                    not isinstance(if_match, int) or isinstance(if_match, bool)
-                ):
-                    raise ValueError("if_match must be a version number")
-                operations.append(
-                    BatchOp(
-                        key=str(entry["key"]),
-                        data=base64.b64decode(entry.get("data", ""), validate=True),
-                        delete=kind == "delete",
-                        policy=entry.get("policy"),
-                        if_match=if_match,
-                    )
-                )
-            except (KeyError, TypeError, ValueError) as exc:
-                raise BadRequest(f"operations[{i}]: {exc}", reason="bad-batch") from exc
+                operations = [
+                    BatchOp(key=o.key, data=o.data, delete=o.delete, policy=o.policy,
+                            if_match=o.if_match)
+                    for o in batchwire.decode(body)
+                ]  # fmt: skip
+            except batchwire.BatchFormatError as exc:
+                raise BadRequest(str(exc), reason="bad-batch") from None
+        else:
+            operations = _json_operations(body)
+        done = await anyio.to_thread.run_sync(gateway.batch, bucket, operations)
         return {
             "bucket": bucket,
-            "objects": [
-                _summary(m) | {"deleted": m.deleted} for m in gateway.batch(bucket, operations)
-            ],
+            "objects": [_summary(m) | {"deleted": m.deleted} for m in done],
         }
 
     @app.put("/v1-admin/policy/{bucket}/{object_key:path}", tags=["admin"])

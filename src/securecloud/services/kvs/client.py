@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import base64
+import json
 import ssl
 from pathlib import Path
 from urllib.parse import quote
@@ -10,7 +10,8 @@ from urllib.parse import quote
 import httpx
 
 from securecloud.infra.api_client import ApiClient
-from securecloud.infra.bulk_get import BulkGet
+from securecloud.infra.bulk_http import BulkHttp
+from securecloud.services.kvs import batchwire
 from securecloud.services.kvs.errors import KvsError
 
 
@@ -24,7 +25,7 @@ class KvsClient(ApiClient):
         super().__init__(
             httpx.Client(base_url=url, verify=context, timeout=timeout, headers=headers)
         )
-        self._bulk = BulkGet(url, context, headers, timeout)  # object bodies: see bulk_get
+        self._bulk = BulkHttp(url, context, headers, timeout)  # object bodies: see bulk_http
 
     def close(self) -> None:
         self._bulk.close()
@@ -54,14 +55,16 @@ class KvsClient(ApiClient):
             headers["X-Storage-Policy"] = policy
         if if_match is not None:
             headers["If-Match"] = str(if_match)
-        return self._call("PUT", _object_path(bucket, key), content=data, headers=headers).json()
+        return json.loads(
+            self._bulk_call(self._bulk, _object_path(bucket, key), data, headers).body
+        )
 
     def get(self, bucket: str, key: str) -> bytes:
-        return self._get_bulk(self._bulk, _object_path(bucket, key)).body
+        return self._bulk_call(self._bulk, _object_path(bucket, key)).body
 
     def get_versioned(self, bucket: str, key: str) -> tuple[bytes, int]:
         """The object and its version (for a later put with if_match)."""
-        got = self._get_bulk(self._bulk, _object_path(bucket, key))
+        got = self._bulk_call(self._bulk, _object_path(bucket, key))
         return got.body, int(got.headers["x-object-version"])
 
     def head(self, bucket: str, key: str) -> dict[str, str]:
@@ -79,11 +82,9 @@ class KvsClient(ApiClient):
     def batch(self, bucket: str, operations: list[dict]) -> list[dict]:
         """Atomic puts and deletes: [{"op": "put", "key", "data": bytes, ...},
         {"op": "delete", "key"}]."""
-        encoded = [
-            {**op, "data": base64.b64encode(op["data"]).decode()} if "data" in op else op
-            for op in operations
-        ]
-        return self._call("POST", f"/v1-batch/{bucket}", json={"operations": encoded}).json()[
+        body = batchwire.encode(operations)  # binary: no JSON, no base64 of the data
+        headers = {"Content-Type": batchwire.MEDIA_TYPE}
+        return self._call("POST", f"/v1-batch/{bucket}", content=body, headers=headers).json()[
             "objects"
         ]
 
