@@ -2,14 +2,23 @@
 
 import os
 import select
+import socket
+import ssl
+import struct
 import subprocess
+import threading
+import time
 
 import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from securecloud.infra.web import server_ssl_context
 from securecloud.services.sql import pgwire
+from securecloud.services.sql.engine import Database
+from securecloud.services.sql.storage import Store
+from tests.services.sql.memory import MemoryObjects
 
 
 def test_psycopg_inserts_and_queries_with_parameters(pg_server):
@@ -217,3 +226,162 @@ def test_a_column_of_floats_is_sent_as_each_value_alone_would_be(values, binary)
                 for f in [pgwire._binary(n) if binary else str(n).encode()]
             )
         )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(),
+            st.floats(min_value=1e-11, max_value=1e-3),  # where orjson and repr part
+            st.floats(min_value=-1e6, max_value=1e6),
+            st.integers(min_value=-(2**63), max_value=2**63 - 1),
+            st.booleans(),
+            st.none(),
+            st.text(max_size=3),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_a_row_is_sent_as_each_value_alone_would_be(row):
+    """One row of numbers goes out by maps (orjson where it writes repr's digits); the
+    bytes equal the value-by-value conversion, whatever the row holds."""
+    payload = b"".join(
+        [pgwire._U16.pack(len(row))]
+        + [
+            pgwire._NULL_FIELD if v is None else pgwire._U32.pack(len(t)) + t
+            for v in row
+            for t in [b"" if v is None else pgwire._text(v)]
+        ]
+    )
+    expected = b"D" + pgwire._U32.pack(4 + len(payload)) + payload
+    assert pgwire.data_rows([tuple(row)], [0]) == expected
+
+
+def _msg(kind: bytes, body: bytes = b"") -> bytes:
+    return kind + (len(body) + 4).to_bytes(4, "big") + body
+
+
+def _row(k: int | None, v: float, w: int) -> bytes:
+    """What psycopg's executemany sends for one row: Bind (binary int8, float8, int8),
+    Describe of the portal, Execute."""
+    params = b"".join(
+        b"\xff\xff\xff\xff" if value is None else (8).to_bytes(4, "big") + packed
+        for value, packed in (
+            (k, None if k is None else k.to_bytes(8, "big", signed=True)),
+            (v, struct.pack("!d", v)),
+            (w, w.to_bytes(8, "big", signed=True)),
+        )
+    )
+    bind = b"\x00s1\x00" + b"\x00\x01\x00\x01" + b"\x00\x03" + params + b"\x00\x00"
+    return _msg(b"B", bind) + _msg(b"D", b"P\x00") + _msg(b"E", b"\x00\x00\x00\x00\x00")
+
+
+def _pipeline(rows, block: bool) -> list[bytes]:
+    """What the client sends before each wait for the answers."""
+    parse = _msg(
+        b"P",
+        b"s1\x00INSERT INTO t (k, v, w) VALUES ($1, $2, $3)\x00\x00\x03"
+        + b"".join(oid.to_bytes(4, "big") for oid in (20, 701, 20)),
+    )
+    rows = parse + b"".join(_row(*r) for r in rows) + _msg(b"S")
+    if block:
+        return [_msg(b"Q", b"BEGIN\x00"), rows, _msg(b"Q", b"COMMIT\x00"), _msg(b"X")]
+    return [rows, _msg(b"X")]
+
+
+class _Feed:
+    """A client whose pipeline arrived whole before the engine read it (the engine is
+    behind it); it waits for the answers at each Sync or Query."""
+
+    def __init__(self, segments: list[bytes]):
+        self.segments, self.sent = list(segments), []
+
+    def read(self, limit: int) -> bytes:
+        segment = self.segments.pop(0)
+        return segment
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+def _serve(pipeline: list[bytes], bulk: bool, monkeypatch) -> tuple[bytes, list, int]:
+    """(the replies, the stored rows, the rows inserted in runs)."""
+    database = Database(Store(MemoryObjects()))
+    session = database.session()
+    session.execute("CREATE TABLE t (k BIGINT PRIMARY KEY, v DOUBLE PRECISION, w BIGINT)")
+    connection = pgwire.Connection(None, _Feed(pipeline))
+    connection.session = database.session()
+    in_runs = []
+    insert_many = connection.session.insert_many
+
+    def counted(statement, rows):
+        done, error = insert_many(statement, rows)
+        in_runs.append(done)
+        return done, error
+
+    with monkeypatch.context() as patch:
+        if bulk:
+            patch.setattr(connection.session, "insert_many", counted)
+        else:
+            patch.setattr(pgwire.Connection, "bulk_insert", lambda self, m, s: (0, b""))
+        connection.loop()
+    stored = session.execute("SELECT * FROM t ORDER BY k")[0].rows
+    return b"".join(connection.stream.sent), stored, sum(in_runs)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["block", "duplicate key in a block", "NULL key in a block", "autocommit rows"],
+)
+def test_a_run_of_bulk_inserts_answers_and_stores_as_one_by_one(case, monkeypatch):
+    """Bind/Describe/Execute runs of one INSERT in a transaction block go to the engine
+    in one call (Connection.bulk_insert): the replies and the stored rows are those of
+    the same messages handled one at a time, errors included."""
+    rows = [(k, k / 7, k * 3) for k in range(60)]
+    block = case != "autocommit rows"
+    if case == "duplicate key in a block":
+        rows[30] = (5, 0.5, 1)  # fails; the block fails, so COMMIT rolls it back
+        rows[45] = (None, 0.5, 1)  # after the run, skipped until Sync as the rest
+    if case == "NULL key in a block":
+        rows[30] = (None, 0.5, 1)  # another Bind layout: one by one, and NOT NULL fails
+    pipeline = _pipeline(rows, block)
+    replies, stored, _ = _serve(pipeline, bulk=False, monkeypatch=monkeypatch)
+    together, stored_together, in_runs = _serve(pipeline, bulk=True, monkeypatch=monkeypatch)
+    assert (together, stored_together) == (replies, stored)
+    if case == "block":
+        assert stored == [tuple(r) for r in rows] and b"SERROR" not in replies
+        assert in_runs == 59  # the first Bind sets the shape, the rest went in one run
+    elif case == "autocommit rows":
+        assert stored == [tuple(r) for r in rows] and in_runs == 0  # each row commits
+    else:
+        assert stored == [] and b"ROLLBACK" in replies and b"SERROR" in replies
+        assert in_runs == 29  # rows 1-29; row 30 fails (in the run, or alone)
+
+
+def test_a_read_gathers_the_records_that_have_arrived(tls_files):
+    """A pipelining client writes a TLS record per row and one recv returns one record:
+    Stream.read takes every record already here, so the engine sees them as a run."""
+    directory, tls = tls_files
+    listener = socket.create_server(("127.0.0.1", 0))
+    client_raw = socket.create_connection(listener.getsockname())
+    server_raw, _ = listener.accept()
+    context = ssl.create_default_context(cafile=str(directory / "ca.crt"))
+    handshake = threading.Thread(
+        target=lambda: holder.append(context.wrap_socket(client_raw, server_hostname="localhost"))
+    )
+    holder: list = []
+    handshake.start()
+    stream = pgwire.Stream(server_raw)
+    stream.start_tls(server_ssl_context(tls))
+    handshake.join(10)
+    client = holder[0]
+    records = [_row(k, 1.5, 2) for k in range(5)]
+    for record in records:
+        client.sendall(record)  # one TLS record each
+    time.sleep(0.3)
+    assert stream.read(pgwire.READ_BYTES) == b"".join(records)
+    client.close()
+    stream.close()
+    listener.close()

@@ -191,6 +191,37 @@ class Session:
                     raise _from_sqlite(exc) from None
                 raise
 
+    def insert_many(
+        self, statement: exp.Expression, rows: list[list]
+    ) -> tuple[int, Exception | None]:
+        """`statement` (a plain INSERT) run once per parameter list of `rows` inside an open
+        transaction block, as `run` runs each: (rows inserted, the error that stopped
+        the next one or None). An error takes back that row's own writes and fails the
+        block, as in `run`. Inserts nothing (0, None) unless the statement is a plain
+        INSERT and a block is open and not failed: autocommit rows each commit, and go
+        one by one through `run`. Stops early, without error, at a row `run` would hand
+        to SQLite."""
+        plain = dialect.plain_insert(statement)
+        with self.database.lock:
+            txn = self.transaction
+            if plain is None or txn is None or not txn.explicit or txn.failed:
+                return 0, None
+            done = 0
+            for params in rows:
+                txn.begin_statement()
+                try:
+                    if self._insert_plain(plain, params) is None:
+                        return done, None
+                except BaseException as exc:
+                    txn.undo_statement()
+                    txn.failed = True
+                    self._forget_handles()
+                    if not isinstance(exc, Exception):
+                        raise
+                    return done, _from_sqlite(exc) if isinstance(exc, apsw.Error) else exc
+                done += 1
+            return done, None
+
     def _control(self, statement: exp.Expression) -> Result | None:
         text = statement.sql().upper() if isinstance(statement, exp.Command | exp.Alias) else ""
         if isinstance(statement, exp.Transaction) or text.startswith("START"):

@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import re
+import select
 import socket
 import ssl
 import struct
@@ -168,6 +169,9 @@ def _complete(tag: str) -> bytes:
 
 
 _BIND_COMPLETE, _NO_DATA = _message(b"2"), _message(b"n")
+# what a bulk INSERT's Bind, Describe and Execute of one row are answered with
+_INSERTED_ROW = _BIND_COMPLETE + _NO_DATA + _complete("INSERT 0 1")
+_BULK_FROM = 2  # rows in a run of Binds before the run is inserted by one engine call
 
 
 def error_response(error: Exception) -> bytes:
@@ -202,7 +206,10 @@ def _description(columns: tuple[str, ...], oids: tuple[int, ...], formats: tuple
 
 def row_description(result: Result, formats: list[int]) -> bytes:
     rows = result.rows
-    oids = tuple(_type_of(rows, i) for i in range(len(result.columns)))
+    if rows and None not in rows[0]:  # the first row has every column's type
+        oids = tuple(map(_OIDS.get, map(type, rows[0]), repeat(TEXT)))
+    else:
+        oids = tuple(_type_of(rows, i) for i in range(len(result.columns)))
     return _description(tuple(result.columns), oids, tuple(formats))
 
 
@@ -249,6 +256,7 @@ _F64 = struct.Struct("!d")
 _I64 = struct.Struct("!q")
 _BY_COLUMN_FROM = 3  # rows: one or two are cheaper value by value (no call per column)
 _BULK_FLOATS = 64  # below this NumPy's set-up for the check costs more than repr saves
+_ORJSON_FROM = 1e-4  # magnitudes from which orjson writes a float as repr does (_plain)
 
 
 def data_rows(rows: list[tuple], formats: list[int]) -> bytes:
@@ -270,11 +278,27 @@ def data_rows(rows: list[tuple], formats: list[int]) -> bytes:
     return b"".join(map(bytes.__add__, heads, payloads))
 
 
+_NUMBERS = frozenset((int, float))  # not bool: its text is t or f
+
+
 def _data_row(row: tuple, formats: list[int], binary_all: bool) -> bytes:
-    parts = [_U16.pack(len(row))]
-    for i, value in enumerate(row):
-        parts.append(_field(value, binary_all or (len(formats) > 1 and formats[i] == 1)))
-    payload = b"".join(parts)
+    if (
+        len(formats) < 2
+        and not binary_all
+        and _NUMBERS.issuperset(map(type, row))
+        and all(map(math.isfinite, row))
+    ):  # a row of finite numbers in text (a reading): by C-level maps, no call per value
+        if min(map(abs, row)) >= _ORJSON_FROM:  # see _plain
+            encoded = orjson.dumps(row)[1:-1].split(b",")
+        else:
+            encoded = list(map(str.encode, map(repr, row)))
+        fields = map(bytes.__add__, map(_U32.pack, map(len, encoded)), encoded)
+        payload = _U16.pack(len(row)) + b"".join(fields)
+    else:
+        parts = [_U16.pack(len(row))]
+        for i, value in enumerate(row):
+            parts.append(_field(value, binary_all or (len(formats) > 1 and formats[i] == 1)))
+        payload = b"".join(parts)
     return _ROW_HEAD.pack(b"D", len(payload) + _LENGTH_ITSELF) + payload
 
 
@@ -291,7 +315,7 @@ def _plain(values: tuple) -> bool:
     float as repr does (the same shortest digits and exponent form), ten times faster;
     smaller ones it writes as 0.00001 or 1e-7, not 1e-05 and 1e-07."""
     magnitudes = np.abs(np.fromiter(values, float, len(values)))
-    return bool((((magnitudes >= 1e-4) & (magnitudes < np.inf)) | (magnitudes == 0)).all())
+    return bool((((magnitudes >= _ORJSON_FROM) & (magnitudes < np.inf)) | (magnitudes == 0)).all())
 
 
 def _fields(values: tuple, binary: bool) -> list[bytes]:
@@ -506,10 +530,17 @@ class Connection:
         held = 0
         while True:
             messages, answer_now = _cut_messages(buffer)
-            for message in messages:
+            i = 0
+            while i < len(messages):
+                message = messages[i]
                 if message is None:
                     return  # Terminate
-                reply = self.handle(*message)
+                taken = 0
+                if message[0] == b"B" and self.bind_shape is not None and not self.skip_to_sync:
+                    taken, reply = self.bulk_insert(messages, i)
+                if not taken:
+                    taken, reply = 1, self.handle(*message)
+                i += taken
                 if reply:
                     replies.append(reply)
                     held += len(reply)
@@ -518,6 +549,51 @@ class Connection:
                 replies, held = [], 0
             if not messages:
                 buffer += self.stream.read(READ_BYTES)
+
+    def bulk_insert(self, messages: list, start: int) -> tuple[int, bytes]:
+        """A run of Bind, Describe, Execute triples of the last bulk Bind's shape from
+        `start` (a pipelined executemany of a plain INSERT in a transaction block),
+        inserted by one engine call (Session.insert_many): (messages taken, the replies
+        each would have had). (0, b""): the run is not one, and the messages go one by
+        one through `handle`, as they would without this."""
+        shape = self.bind_shape
+        statement = shape.prepared.statement
+        if statement is None:
+            return 0, b""
+        portal = shape.portal.encode() + b"\x00"
+        describe, execute = (b"D", b"P" + portal), (b"E", portal + b"\x00\x00\x00\x00")
+        rows, i, end = [], start, len(messages) - 2
+        while i < end:
+            bind = messages[i]
+            if (
+                bind is None
+                or bind[0] != b"B"
+                or messages[i + 1] != describe
+                or messages[i + 2] != execute
+            ):
+                break
+            params = shape.params(bind[1])
+            if params is None:
+                break
+            rows.append(params)
+            i += 3
+        if len(rows) < _BULK_FROM:
+            return 0, b""
+        done, error = self.session.insert_many(statement, rows)
+        if error is None and done < len(rows):  # the rest (if any) one by one
+            return 3 * done, _INSERTED_ROW * done
+        self.portals[shape.portal] = portal_left = Portal(
+            shape.prepared, rows[done if error else -1], shape.result_formats
+        )
+        if error is None:
+            portal_left.sent = True
+            return 3 * done, _INSERTED_ROW * done
+        # the failing row's Bind completed and its Describe (which runs it) failed: the
+        # error, then nothing until Sync, as `handle` does
+        self.skip_to_sync = True
+        if not isinstance(error, SqlError):
+            log.error("statement failed: %r", error)
+        return 3 * len(rows), _INSERTED_ROW * done + _BIND_COMPLETE + error_response(error)
 
     # -- messages ---------------------------------------------------------------------
     def handle(self, kind: bytes, body: bytes) -> bytes:
@@ -781,6 +857,8 @@ class Stream:
     def __init__(self, sock: socket.socket):
         self.sock, self.raw = sock, sock
         self.buffer = bytearray()
+        self._arrived = select.poll()  # whether more has arrived: see read
+        self._arrived.register(sock, select.POLLIN)
 
     def readexactly(self, count: int) -> bytes:
         while len(self.buffer) < count:
@@ -790,11 +868,29 @@ class Stream:
         return data
 
     def read(self, limit: int) -> bytes:
+        """What has arrived, up to `limit`, waiting only for the first bytes. A pipelining
+        client (psycopg's executemany) writes a TLS record per row and a recv returns
+        one record: the records already here are gathered, so that the engine takes
+        the rows that queued while it worked as one run (Connection.bulk_insert)."""
         if self.buffer:
             data = bytes(self.buffer)
             self.buffer.clear()
             return data
-        return self._recv(limit)
+        data = self._recv(limit)
+        if len(data) >= limit or not self._more():
+            return data
+        parts, size = [data], len(data)
+        while size < limit and self._more():
+            more = self.sock.recv(limit - size)  # the rest of a record comes at once
+            if not more:
+                break  # closed: the next read says so
+            parts.append(more)
+            size += len(more)
+        return b"".join(parts)
+
+    def _more(self) -> bool:
+        pending = getattr(self.sock, "pending", None)  # decrypted, not yet taken
+        return bool((pending is not None and pending()) or self._arrived.poll(0))
 
     def _recv(self, limit: int) -> bytes:
         data = self.sock.recv(limit)
