@@ -28,6 +28,15 @@ def serve(
     port: Annotated[int, typer.Option(help="PostgreSQL protocol port (TLS required).")] = 5433,
     http_port: Annotated[int, typer.Option(help="HTTPS port of POST /v1/query.")] = 8097,
     cache_mb: Annotated[int, typer.Option(help="Decoded blocks kept in enclave memory.")] = 128,
+    spin_us: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Microseconds a connection waits busy for its client's next message before "
+            "it sleeps: answers a client that asks again within that time about twice as "
+            "fast, for up to that much CPU per answer; 0 never spins.",
+        ),
+    ] = 200,  # deploy.SPIN_US: importing it here would cost every command 0.13 s
     cas: Annotated[str, typer.Option(help="CAS URL.")] = "https://127.0.0.1:8081",
     las: Annotated[str, typer.Option(help="LAS URL of this node.")] = "http://127.0.0.1:8080",
     kvs_url: KvsUrl = None,
@@ -58,6 +67,7 @@ def serve(
         http_port,
         cache_mb,
         kvs_url,
+        spin_us,
     )
     config_id = deployment.apply()
     run_attested(

@@ -385,3 +385,25 @@ def test_a_read_gathers_the_records_that_have_arrived(tls_files):
     client.close()
     stream.close()
     listener.close()
+
+
+def test_a_connection_waits_busy_only_after_it_has_answered(monkeypatch):
+    """The thread spins for the client's next message only once it has written an answer
+    (the client's next query comes soon); in the middle of a pipeline it does not."""
+    ours, client = socket.socketpair()
+    stream = pgwire.Stream(ours, spin=0.001)
+    spins = []
+    real_spin = stream._spin
+    monkeypatch.setattr(stream, "_spin", lambda: spins.append(real_spin()))
+    client.sendall(b"B")
+    assert stream.read(10) == b"B" and spins == []  # nothing answered yet
+    stream.write(b"answer")
+    client.sendall(b"E")
+    assert stream.read(10) == b"E" and len(spins) == 1
+    client.sendall(b"S")
+    assert stream.read(10) == b"S" and len(spins) == 1
+    stream.write(b"answer")
+    threading.Timer(0.01, client.sendall, (b"late",)).start()  # after the spin: sleeps
+    assert stream.read(10) == b"late" and len(spins) == 2
+    ours.close()
+    client.close()

@@ -44,6 +44,11 @@ def conninfo(data_dir: Path, port: int, host: str = "127.0.0.1", user: str = "se
     )
 
 
+# microseconds a connection waits busy for its client's next message before sleeping:
+# a client's next query usually comes within 0.1-0.15 ms (docs/sql.md, "Latency")
+SPIN_US = 200
+
+
 @dataclass(frozen=True)
 class SqlDeployment:
     data_dir: Path
@@ -55,11 +60,13 @@ class SqlDeployment:
     http_port: int = 8097
     cache_mb: int = 128
     kvs_url: str | None = None
+    spin_us: int = SPIN_US
 
     def policy(self) -> dict:
         access = tenant_access(self.data_dir, SESSION, "kvs.json", self.kvs_url)
         command = ["--host", self.host, "--port", str(self.port)]
         command += ["--http-port", str(self.http_port), "--cache-mb", str(self.cache_mb)]
+        command += ["--spin-us", str(self.spin_us)]
         return {
             "name": SESSION,
             "services": [

@@ -206,20 +206,29 @@ class Session:
             txn = self.transaction
             if plain is None or txn is None or not txn.explicit or txn.failed:
                 return 0, None
+            planned = self._plain_plan(plain)
+            if planned is None:
+                return 0, None
+            table, codec, (pick, count, constants) = planned
             done = 0
-            for params in rows:
-                txn.begin_statement()
-                try:
-                    if self._insert_plain(plain, params) is None:
+            self._direct = True
+            try:
+                for params in rows:
+                    if len(params) < count:
                         return done, None
-                except BaseException as exc:
-                    txn.undo_statement()
-                    txn.failed = True
-                    self._forget_handles()
-                    if not isinstance(exc, Exception):
-                        raise
-                    return done, _from_sqlite(exc) if isinstance(exc, apsw.Error) else exc
-                done += 1
+                    txn.begin_statement()
+                    fields = list(pick((None, *params[:count], *constants)))
+                    self._insert_fields(table, codec, fields)
+                    done += 1
+            except BaseException as exc:
+                txn.undo_statement()
+                txn.failed = True
+                self._forget_handles()
+                if not isinstance(exc, Exception):
+                    raise
+                return done, _from_sqlite(exc) if isinstance(exc, apsw.Error) else exc
+            finally:
+                self._direct = False
             return done, None
 
     def _control(self, statement: exp.Expression) -> Result | None:
@@ -496,24 +505,29 @@ class Session:
     def _check_unique(self, table: Table, index, unique: bytes, own: bytes) -> bool:
         return all(key == own for key, _ in self.scan(unique, prefix_end(unique)))
 
-    def _insert_plain(self, plain: dialect.PlainInsert, params) -> Result | None:
-        """A one-row INSERT of parameters and constants, straight into the table (the
-        same checks as through SQLite: insert_row). None: let SQLite run it (and
-        report whatever is wrong with it)."""
+    def _plain_plan(self, plain: dialect.PlainInsert):
+        """(table, codec, row plan) for a plain INSERT, or None when SQLite must run it."""
         table = self.database.tables.get(plain.table)
         if table is None:
             return None
         codec = self.database.codec(plain.table)
         if plain.codec is not codec:  # first use, or the table changed since
             plain.plan, plain.codec = _fields_plan(table, plain.columns, plain.values), codec
-        plan = plain.plan
-        if plan is None or len(params) < plan[1]:
+        return None if plain.plan is None else (table, codec, plain.plan)
+
+    def _insert_plain(self, plain: dialect.PlainInsert, params) -> Result | None:
+        """A one-row INSERT of parameters and constants, straight into the table (the
+        same checks as through SQLite: insert_row). None: let SQLite run it (and
+        report whatever is wrong with it)."""
+        planned = self._plain_plan(plain)
+        if planned is None:
             return None
-        pick, count, constants = plan
-        fields = list(pick((None, *params[:count], *constants)))
+        table, codec, (pick, count, constants) = planned
+        if len(params) < count:
+            return None
         self._direct = True
         try:
-            self.insert_row(plain.table, fields)
+            self._insert_fields(table, codec, list(pick((None, *params[:count], *constants))))
         finally:
             self._direct = False
         return _INSERTED_ONE
@@ -523,8 +537,9 @@ class Session:
         return apsw.SQLITE_ABORT if self._direct else self.connection.vtab_on_conflict()
 
     def insert_row(self, name: str, fields: list) -> int:
-        table = self._table(name)
-        codec = self.database.codec(name)
+        return self._insert_fields(self._table(name), self.database.codec(name), fields)
+
+    def _insert_fields(self, table: Table, codec: RowCodec, fields: list) -> int:
         row = self._coerce(table, codec, fields)
         key = codec.primary_key(row)
         txn = self.transaction

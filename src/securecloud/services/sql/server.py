@@ -20,6 +20,7 @@ from pathlib import Path
 from securecloud.infra.web import EmbeddedServer, TlsFiles, configure_logging, server_ssl_context
 from securecloud.runtime.manifest import builtin_service
 from securecloud.services.sql.api import create_app
+from securecloud.services.sql.deploy import SPIN_US
 from securecloud.services.sql.engine import Database
 from securecloud.services.sql.objects import KvsObjects
 from securecloud.services.sql.pgwire import Authenticator, PgServer
@@ -43,13 +44,21 @@ def parser() -> argparse.ArgumentParser:
         default=CHECKPOINT_ENTRIES,
         help="memtable entries that start a checkpoint (memory against rewrites)",
     )
+    p.add_argument(
+        "--spin-us",
+        type=int,
+        default=SPIN_US,
+        help="microseconds a connection waits busy for its client's next message before "
+        "sleeping (0: never): lower latency for a CPU's worth of waiting (docs/sql.md)",
+    )
     p.add_argument("--log-level", default="info")
     return p
 
 
 async def run(database: Database, tls: TlsFiles, token: str, args) -> None:
     context = server_ssl_context(tls)
-    pg = PgServer(database, context, Authenticator(token)).start(args.host, args.port)
+    pg = PgServer(database, context, Authenticator(token), spin_seconds=args.spin_us / 1e6)
+    pg.start(args.host, args.port)
     http = EmbeddedServer(create_app(database, token), args.host, args.http_port)
     http.config.load()
     http.config.ssl = context

@@ -386,9 +386,24 @@ def _narrow(prefix: bytes, spec, descending: bool) -> tuple[bytes, bytes | None]
 def _ranges(shape: _Shape, by_constraint) -> list:
     """The key ranges [low, high) of a plan: one per combination of the equality (and IN)
     values, narrowed by the range constraints on the next column."""
-    plan, columns, descending, affinities = (
-        shape.plan, shape.columns, shape.descending, shape.affinities
-    )  # fmt: skip
+    plan, columns, affinities = shape.plan, shape.columns, shape.affinities
+    if plan["in"]:
+        return _ranges_of_lists(shape, by_constraint)
+    values = []  # one value per equality: one range (a probe of a join or a LIMIT 1)
+    for n, c in enumerate(plan["eq"]):
+        try:
+            value = coerce(by_constraint[c], affinities[n], columns[n])
+        except Exception:
+            return []  # a value of another type equals nothing in this column
+        if value is None:
+            return []  # = NULL is never true
+        values.append(value)
+    return [_narrowed(shape, by_constraint, tuple(values))]
+
+
+def _ranges_of_lists(shape: _Shape, by_constraint) -> list:
+    """_ranges with IN lists: a range per combination of values, in key order."""
+    plan, columns, affinities = shape.plan, shape.columns, shape.affinities
     choices = []
     for n, c in enumerate(plan["eq"]):
         values = by_constraint[c]
@@ -400,28 +415,29 @@ def _ranges(shape: _Shape, by_constraint) -> list:
             except Exception:
                 continue  # a value of another type equals nothing in this column
         choices.append(sorted(set(kept), key=lambda v: (v is None, v)) if len(kept) > 1 else kept)
-    ranges = []
-    depth = len(plan["eq"])
-    for combination in itertools.product(*choices):
-        if None in combination:
-            continue  # = NULL is never true
-        prefix = shape.base + encode_values(combination, descending[:depth])
-        if not plan["range"]:
-            ranges.append((prefix, prefix_end(prefix)))
-            continue
-        spec = []
-        for c, op in plan["range"]:
-            try:
-                spec.append((coerce(by_constraint[c], affinities[depth], columns[depth]), op))
-            except Exception:
-                continue  # SQLite checks this constraint itself
-        low, high = _narrow(
-            prefix,
-            [(v, op) for v, op in spec if v is not None],
-            (descending[depth] if depth < len(descending) else False),
-        )
-        ranges.append((low, high))
-    return ranges
+    return [
+        _narrowed(shape, by_constraint, combination)
+        for combination in itertools.product(*choices)
+        if None not in combination  # = NULL is never true
+    ]
+
+
+def _narrowed(shape: _Shape, by_constraint, values: tuple) -> tuple[bytes, bytes | None]:
+    """The range of keys that start with `values` (the equality columns), narrowed by the
+    range constraints on the next column."""
+    plan, depth, descending = shape.plan, len(values), shape.descending
+    prefix = shape.base + encode_values(values, descending[:depth])
+    if not plan["range"]:
+        return prefix, prefix_end(prefix)
+    spec = []
+    for c, op in plan["range"]:
+        try:
+            value = coerce(by_constraint[c], shape.affinities[depth], shape.columns[depth])
+        except Exception:
+            continue  # SQLite checks this constraint itself
+        if value is not None:
+            spec.append((value, op))
+    return _narrow(prefix, spec, descending[depth] if depth < len(descending) else False)
 
 
 def _after_ids(key: bytes) -> int:
