@@ -2,16 +2,19 @@
 
 import math
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from securecloud.services.sql.keys import (
+    KeyEncodingError,
     decode_id,
     decode_value,
     decode_values,
     encode_id,
     encode_value,
     encode_values,
+    ints_encoder,
     prefix_end,
 )
 
@@ -100,3 +103,13 @@ def test_nan_and_huge_integers_have_no_key():
         encode_value(float("nan"))
     with pytest.raises(KeyEncodingError):
         encode_value(2**63)
+
+
+@given(st.lists(st.integers(min_value=-(2**64), max_value=2**64), min_size=1, max_size=4))
+def test_the_integer_prefix_encoder_writes_what_encode_values_writes(values):
+    encode = ints_encoder(len(values))
+    if all(-(2**63) <= v < 2**63 for v in values):
+        assert encode(values) == encode_values(values)
+    else:
+        with pytest.raises(KeyEncodingError):
+            encode(values)

@@ -84,6 +84,21 @@ def encode_values(values: Sequence[Value], descending: Sequence[bool] | None = N
     return b"".join(encode_value(v, d) for v, d in zip(values, descending, strict=True))
 
 
+def ints_encoder(count: int):
+    """encode_values for `count` ascending integers by one struct call (a key probe's
+    prefix: the engine builds one for every lookup of a join); an integer beyond 64 bits
+    raises KeyEncodingError as encode_values does."""
+    packer = struct.Struct(">" + "BQ" * count).pack
+
+    def encode(values: Sequence[int]) -> bytes:
+        try:
+            return packer(*[part for v in values for part in (INT, v + SIGN)])
+        except struct.error:
+            return encode_values(values)
+
+    return encode
+
+
 def _unescape(data: bytes, position: int, inverted: bool) -> tuple[bytes, int]:
     zero, end_mark, escape_mark = (0xFF, 0xFE, 0x00) if inverted else (0x00, 0x01, 0xFF)
     out = bytearray()

@@ -11,8 +11,10 @@ to the session (engine.Session), which enforces keys and maintains indexes.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,6 +26,7 @@ from securecloud.services.sql.keys import (
     decode_values,
     encode_values,
     index_prefix,
+    ints_encoder,
     prefix_end,
 )
 from securecloud.services.sql.rows import coerce
@@ -206,8 +209,9 @@ class Cursor:
         self.chunk: list = []
         self.i = 0
         self.current = None
-        self.decoded = None
+        self.decoded = None  # the current row's columns, when decoded by row
         self.columns = None  # the chunk decoded by column (rows.ChunkColumns), False: by row
+        self.lists = None  # the chunk's column lists asked for so far (None: not yet)
 
     def Filter(self, indexnum, indexname, args):
         shape = self.vtable.shapes.get(indexname)
@@ -277,7 +281,7 @@ class Cursor:
             group = key[: decode_value(key, len(base), descending[0])[1]]
             # ... then exactly its matching run is read: no source hands over entries
             # past it, so chunks from several sources rarely need merging
-            low, high = _narrow(group, spec, descending[1])
+            low, high = _narrow(group, spec, descending[1], shape.encode_next)
             if high is None:
                 high = end
             if high is None or low < high:
@@ -311,21 +315,36 @@ class Cursor:
                 self.chunk, self.current = [], None
                 return
             self.i = 0
-            self.columns = None
+            self.columns = self.lists = None
         self.current = self.chunk[self.i]
         self.session.rows_read += 1
 
     def Column(self, number: int):
+        # SQLite asks for a column of every row it looks at (several per row): what was
+        # decoded is found here without another call
+        if number >= 0:
+            row = self.decoded
+            if row is not None:
+                return row[number]
+            lists = self.lists
+            if lists is not None:
+                found = lists[number]
+                if found is not None:
+                    return found[self.i]
+        return self._column(number)
+
+    def _column(self, number: int):
         if number == -1:
             return self.session.handle(self.current[0])
         columns = self.columns
         if columns is None:  # the chunk's first column asked for
             columns = self.columns = self.codec.chunk_columns(self.chunk) or False
+            if columns:
+                self.lists = [None] * len(self.table.columns)
         if columns:
-            return columns.column(number)[self.i]
-        row = self.decoded
-        if row is None:
-            row = self.decoded = self.codec.row(*self.current)
+            found = self.lists[number] = columns.column(number)
+            return found[self.i]
+        row = self.decoded = self.codec.row(*self.current)
         return row[number]
 
     def Rowid(self) -> int:
@@ -346,6 +365,8 @@ class _Shape:
     descending: tuple[bool, ...]
     affinities: tuple[str, ...]
     base: bytes
+    encode_eq: Callable  # the equality values' key bytes (encode_values, or faster)
+    encode_next: Callable  # a bound on the next column as key bytes (the same)
 
     @classmethod
     def of(cls, table: Table, text: str) -> _Shape:
@@ -358,17 +379,39 @@ class _Shape:
             columns, descending = index.columns, index.descending
         affinities = tuple(table.column(c).affinity for c in columns)
         base = index_prefix(table.id, index_id)
-        return cls(plan, index_id, tuple(columns), tuple(descending), affinities, base)
+        depth = 1 if plan.get("skip") else len(plan["eq"])  # a skip scan's prefix: 1
+        return cls(
+            plan,
+            index_id,
+            tuple(columns),
+            tuple(descending),
+            affinities,
+            base,
+            _encoder(affinities[:depth], descending[:depth]),
+            _encoder(affinities[depth : depth + 1], descending[depth : depth + 1]),
+        )
 
 
-def _narrow(prefix: bytes, spec, descending: bool) -> tuple[bytes, bytes | None]:
+def _encoder(affinities: tuple[str, ...], descending: tuple[bool, ...]) -> Callable:
+    """encode_values for values of these columns (coerced to their affinities)."""
+    if affinities and all(a == "integer" for a in affinities) and not any(descending):
+        return ints_encoder(len(affinities))  # one struct call
+    return functools.partial(_encode_with, descending)
+
+
+def _encode_with(descending: tuple[bool, ...], values) -> bytes:
+    return encode_values(values, descending)
+
+
+def _narrow(prefix: bytes, spec, descending: bool, encode: Callable) -> tuple[bytes, bytes | None]:
     """[low, high) of the keys under `prefix` whose next value meets `spec`, a list of
-    (value, operator) ranges; NULL bounds match nothing, as in SQL."""
+    (value, operator) ranges (a value's key bytes by `encode`); NULL bounds match
+    nothing, as in SQL."""
     low, high = prefix, prefix_end(prefix)
     for value, op in spec:
         if value is None:
             return prefix, prefix
-        bound = prefix + encode_values([value], [descending])
+        bound = prefix + encode((value,))
         after = prefix_end(bound)
         if descending:
             op = {GT: LT, GE: LE, LT: GT, LE: GE}[op]
@@ -426,7 +469,7 @@ def _narrowed(shape: _Shape, by_constraint, values: tuple) -> tuple[bytes, bytes
     """The range of keys that start with `values` (the equality columns), narrowed by the
     range constraints on the next column."""
     plan, depth, descending = shape.plan, len(values), shape.descending
-    prefix = shape.base + encode_values(values, descending[:depth])
+    prefix = shape.base + shape.encode_eq(values)
     if not plan["range"]:
         return prefix, prefix_end(prefix)
     spec = []
@@ -437,7 +480,9 @@ def _narrowed(shape: _Shape, by_constraint, values: tuple) -> tuple[bytes, bytes
             continue  # SQLite checks this constraint itself
         if value is not None:
             spec.append((value, op))
-    return _narrow(prefix, spec, descending[depth] if depth < len(descending) else False)
+    return _narrow(
+        prefix, spec, descending[depth] if depth < len(descending) else False, shape.encode_next
+    )
 
 
 def _after_ids(key: bytes) -> int:
