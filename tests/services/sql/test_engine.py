@@ -42,6 +42,37 @@ def test_point_lookup_reads_one_row(loaded):
         loaded, "SELECT power FROM reading WHERE client_id = $1 AND timestamp = $2", [3, 7]
     ) == [(307.5,)]
     assert loaded.rows_read == 1
+    # values of other types are coerced to the key's columns as SQLite compares them
+    for key in (["3", 7], [3.0, "7"], [3, 7.0]):
+        assert rows(
+            loaded, "SELECT power FROM reading WHERE client_id = $1 AND timestamp = $2", key
+        ) == [(307.5,)]
+    assert (
+        rows(loaded, "SELECT * FROM reading WHERE client_id = $1 AND timestamp = $2", [3, 96]) == []
+    )
+    assert (
+        rows(loaded, "SELECT * FROM reading WHERE client_id = $1 AND timestamp = $2", [3, None])
+        == []
+    )
+
+
+def test_key_columns_read_from_the_key_alone_of_any_type(database):
+    session = database.session()
+    session.execute(
+        "CREATE TABLE meter (name TEXT, phase INTEGER, place TEXT, PRIMARY KEY (name, phase))"
+    )
+    session.execute("INSERT INTO meter VALUES ('b', 2, 'x'), ('a', 1, 'y'), ('c', -3, NULL)")
+    assert rows(session, "SELECT name FROM meter WHERE name > $1 ORDER BY name LIMIT 1", ["a"]) == [
+        ("b",)
+    ]
+    assert rows(
+        session, "SELECT phase FROM meter WHERE name = $1 ORDER BY phase DESC LIMIT 1", ["c"]
+    ) == [(-3,)]
+    assert rows(session, "SELECT phase, name, place FROM meter ORDER BY name") == [
+        (1, "a", "y"),
+        (2, "b", "x"),
+        (-3, "c", None),
+    ]
 
 
 def test_range_on_the_key_reads_only_the_range(loaded):

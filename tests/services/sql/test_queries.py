@@ -45,6 +45,11 @@ QUERIES = [
     ("SELECT * FROM t WHERE a = $1 ORDER BY b DESC LIMIT 1", [a], True),
     ("SELECT * FROM t WHERE a = $1 ORDER BY b LIMIT 2", [a], True),
     ("SELECT * FROM t WHERE a = $1 AND b = $2", [a, b], True),
+    (
+        "SELECT * FROM t WHERE a = $1 AND b = $2",
+        [lambda rng: str(a(rng)), lambda rng: float(b(rng))],
+        True,
+    ),
     ("SELECT b FROM t WHERE a = $1 AND b > $2 ORDER BY b LIMIT 1", [a, b], True),
     ("SELECT b FROM t WHERE a = $1 AND b <= $2 ORDER BY b DESC LIMIT 2", [a, b], True),
     ("SELECT a FROM t WHERE a > $1 ORDER BY a LIMIT 1", [a], True),

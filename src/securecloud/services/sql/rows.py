@@ -23,7 +23,7 @@ _CODES = {"integer": "q", "real": "d", "text": "I", "blob": "I"}
 _ZERO = {"integer": 0, "real": 0.0, "text": 0, "blob": 0}
 
 
-_EXACT = {"integer": int, "real": float, "text": str, "blob": bytes}
+EXACT_TYPE = {"integer": int, "real": float, "text": str, "blob": bytes}
 # Fewer rows are decoded one by one: a LIMIT 1 scan's first chunk holds 16, and
 # setting up NumPy for every column of 16 rows cost more than it saved
 BY_COLUMN_FROM = 64
@@ -31,7 +31,7 @@ BY_COLUMN_FROM = 64
 
 def coerce(value, affinity: str, column: str):
     """The value as its column stores it, or TypeMismatch naming the column."""
-    if value is None or type(value) is _EXACT[affinity]:
+    if value is None or type(value) is EXACT_TYPE[affinity]:
         return value
     try:
         if affinity == "integer":
@@ -96,6 +96,7 @@ class RowCodec:
         combined = self.key_positions + self.positions  # key values, then value columns
         where = {position: i for i, position in enumerate(combined)}
         self.where = where
+        self.key_columns = frozenset(self.key_positions)
         # The same layouts as NumPy records, to decode a scan's chunk a column at a time
         self.key_dtype = self.value_dtype = None
         if self.int_keys is not None and self.positions and not self.variable:
@@ -113,7 +114,7 @@ class RowCodec:
         self.single = len(table.columns) == 1
         # the common write: every value already of its column's type (so no NULL), and
         # only integer and real value columns: packed by one struct call
-        self.exact = tuple(_EXACT[c.affinity] for c in table.columns)
+        self.exact = tuple(EXACT_TYPE[c.affinity] for c in table.columns)
         self.packable = (
             operator.itemgetter(*self.positions)
             if len(self.positions) > 1 and not self.variable
@@ -198,6 +199,15 @@ class RowCodec:
         for position, v in zip(self.key_positions, keys, strict=True):
             row[position] = v
         return row
+
+    def key_value(self, key: bytes, number: int):
+        """Column `number`, a primary-key column, from the row's key alone: a probe
+        (the next meter, its last time) asks for one key column and never reads the
+        value's bytes."""
+        j = self.where[number]
+        if self.int_keys is not None:
+            return self.int_keys.unpack_from(key, self.key_start)[j] - _SIGN
+        return decode_values(key, len(self.key_positions), position=self.key_start)[0][j]
 
     def chunk_columns(self, chunk: list) -> ChunkColumns | None:
         """The rows of a scan's chunk decoded a column at a time (NumPy), when every row

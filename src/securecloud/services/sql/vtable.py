@@ -29,7 +29,7 @@ from securecloud.services.sql.keys import (
     ints_encoder,
     prefix_end,
 )
-from securecloud.services.sql.rows import coerce
+from securecloud.services.sql.rows import EXACT_TYPE, coerce
 from securecloud.services.sql.storage import CHUNK
 
 if TYPE_CHECKING:
@@ -218,19 +218,40 @@ class Cursor:
         if shape is None:
             shape = self.vtable.shapes[indexname] = _Shape.of(self.table, indexname)
         plan = shape.plan
-        by_constraint = dict(zip(plan["order"], args, strict=True))
-        if plan.get("skip"):
-            chunks = self._skip_chunks(shape, by_constraint)
+        if shape.eq_types is not None and tuple(map(type, args)) == shape.eq_types:
+            # equality alone, each value of its column's type (a join's probe, a lookup):
+            # the key prefix at once, nothing to coerce or narrow
+            ranges = [shape.base + shape.encode_eq(args)]
+            if plan["unique"]:
+                chunks = self._rows_by_key(ranges)
+            else:
+                ranges = [(ranges[0], prefix_end(ranges[0]))]
+                chunks = self._seek_then_scan(ranges, bool(plan["reverse"]), rest=True)
+        elif plan.get("skip"):
+            chunks = self._skip_chunks(shape, dict(zip(plan["order"], args, strict=True)))
         else:
-            ranges = _ranges(shape, by_constraint)
+            ranges = _ranges(shape, dict(zip(plan["order"], args, strict=True)))
             reverse = bool(plan["reverse"])
             if reverse:
                 ranges.reverse()
-            chunks = self._seek_then_scan(ranges, reverse, rest=not plan["unique"])
+            if plan["unique"]:  # a whole primary key (best_index: unique only there)
+                chunks = self._rows_by_key([low for low, _ in ranges])
+            else:
+                chunks = self._seek_then_scan(ranges, reverse, rest=True)
         if shape.index_id != PRIMARY:
             chunks = (self._rows_of(chunk, shape.descending) for chunk in chunks)
         self.chunks, self.chunk, self.i = chunks, [], -1
         self.Next()
+
+    def _rows_by_key(self, keys: list[bytes]):
+        """The rows of whole primary keys by point reads: a dict lookup when the row is
+        recent, the runs its key filter rules out skipped, where a seek would search
+        every source."""
+        get = self.session.get
+        for key in keys:
+            value = get(key)
+            if value is not None:
+                yield [(key, value)]
 
     def _seek_then_scan(self, ranges: list, reverse: bool, rest: bool):
         """Each range's first entry by a seek (Store.first), then, if SQLite steps on and
@@ -344,6 +365,8 @@ class Cursor:
         if columns:
             found = self.lists[number] = columns.column(number)
             return found[self.i]
+        if number in self.codec.key_columns:
+            return self.codec.key_value(self.current[0], number)
         row = self.decoded = self.codec.row(*self.current)
         return row[number]
 
@@ -367,6 +390,9 @@ class _Shape:
     base: bytes
     encode_eq: Callable  # the equality values' key bytes (encode_values, or faster)
     encode_next: Callable  # a bound on the next column as key bytes (the same)
+    # a plan of equalities alone (no IN, range or skip): the types its values need to
+    # make a key as they come; None: other plans
+    eq_types: tuple[type, ...] | None
 
     @classmethod
     def of(cls, table: Table, text: str) -> _Shape:
@@ -380,6 +406,7 @@ class _Shape:
         affinities = tuple(table.column(c).affinity for c in columns)
         base = index_prefix(table.id, index_id)
         depth = 1 if plan.get("skip") else len(plan["eq"])  # a skip scan's prefix: 1
+        only_eq = plan["eq"] and not (plan["in"] or plan["range"] or plan.get("skip"))
         return cls(
             plan,
             index_id,
@@ -389,14 +416,21 @@ class _Shape:
             base,
             _encoder(affinities[:depth], descending[:depth]),
             _encoder(affinities[depth : depth + 1], descending[depth : depth + 1]),
+            tuple(EXACT_TYPE[a] for a in affinities[:depth]) if only_eq else None,
         )
 
 
 def _encoder(affinities: tuple[str, ...], descending: tuple[bool, ...]) -> Callable:
     """encode_values for values of these columns (coerced to their affinities)."""
-    if affinities and all(a == "integer" for a in affinities) and not any(descending):
+    if not affinities:
+        return _no_values
+    if all(a == "integer" for a in affinities) and not any(descending):
         return ints_encoder(len(affinities))  # one struct call
     return functools.partial(_encode_with, descending)
+
+
+def _no_values(values) -> bytes:
+    return b""
 
 
 def _encode_with(descending: tuple[bool, ...], values) -> bytes:
