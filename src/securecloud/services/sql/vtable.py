@@ -226,7 +226,7 @@ class Cursor:
                 chunks = self._rows_by_key(ranges)
             else:
                 ranges = [(ranges[0], prefix_end(ranges[0]))]
-                chunks = self._seek_then_scan(ranges, bool(plan["reverse"]), rest=True)
+                chunks = self._seek_then_scan(ranges, bool(plan["reverse"]))
         elif plan.get("skip"):
             chunks = self._skip_chunks(shape, dict(zip(plan["order"], args, strict=True)))
         else:
@@ -237,7 +237,7 @@ class Cursor:
             if plan["unique"]:  # a whole primary key (best_index: unique only there)
                 chunks = self._rows_by_key([low for low, _ in ranges])
             else:
-                chunks = self._seek_then_scan(ranges, reverse, rest=True)
+                chunks = self._seek_then_scan(ranges, reverse)
         if shape.index_id != PRIMARY:
             chunks = (self._rows_of(chunk, shape.descending) for chunk in chunks)
         self.chunks, self.chunk, self.i = chunks, [], -1
@@ -253,18 +253,15 @@ class Cursor:
             if value is not None:
                 yield [(key, value)]
 
-    def _seek_then_scan(self, ranges: list, reverse: bool, rest: bool):
-        """Each range's first entry by a seek (Store.first), then, if SQLite steps on and
-        the range can hold more (`rest`: not a whole unique key), a scan for the rest:
-        a LIMIT 1 or a unique key never sets one up."""
+    def _seek_then_scan(self, ranges: list, reverse: bool):
+        """Each range's first entry by a seek (Store.first), then, if SQLite steps on, a
+        scan for the rest: a LIMIT 1 never sets one up."""
         session = self.session
         for low, high in ranges:
             entry = session.first(low, high, reverse)
             if entry is None:
                 continue
             yield [entry]
-            if not rest:
-                continue
             if reverse:
                 high = entry[0]
             else:
