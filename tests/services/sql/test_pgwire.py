@@ -259,6 +259,48 @@ def test_a_row_is_sent_as_each_value_alone_would_be(row):
     assert pgwire.data_rows([tuple(row)], [0]) == expected
 
 
+_PLAIN_NUMBERS = st.one_of(
+    st.floats(min_value=1e-4, max_value=1e308),
+    st.floats(min_value=-1e308, max_value=-1e-4),
+    st.sampled_from([0.0, -0.0, 1.0, 1e16, 123.456]),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+)
+_SPOILERS = st.one_of(  # each sends the whole result the column-wise way
+    st.floats(min_value=1e-11, max_value=1e-5),
+    st.sampled_from([float("nan"), float("inf"), True, None, "7", 2**64]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=5).flatmap(
+        lambda width: st.lists(
+            st.lists(_PLAIN_NUMBERS, min_size=width, max_size=width),
+            min_size=pgwire._NUMBERS_AS_TEXT_FROM,
+            max_size=60,
+        )
+    ),
+    st.one_of(st.none(), st.tuples(st.integers(min_value=0), _SPOILERS)),
+)
+def test_a_result_of_many_rows_is_sent_as_each_value_alone_would_be(rows, spoiler):
+    """A result of numbers alone goes out from one orjson text cut up by NumPy; the bytes
+    equal the value-by-value conversion, and any other value sends it the other way."""
+    if spoiler is not None:
+        at, value = spoiler
+        rows[at % len(rows)][at % len(rows[0])] = value
+    rows = [tuple(row) for row in rows]
+    expected = b""
+    for row in rows:
+        payload = pgwire._U16.pack(len(row)) + b"".join(
+            pgwire._NULL_FIELD if v is None else pgwire._U32.pack(len(t)) + t
+            for v in row
+            for t in [b"" if v is None else pgwire._text(v)]
+        )
+        expected += b"D" + pgwire._U32.pack(4 + len(payload)) + payload
+    assert pgwire.data_rows(rows, [0]) == expected
+    assert (pgwire._numbers_as_text(rows) is not None) == (spoiler is None)
+
+
 def _msg(kind: bytes, body: bytes = b"") -> bytes:
     return kind + (len(body) + 4).to_bytes(4, "big") + body
 

