@@ -105,10 +105,16 @@ def test_nan_and_huge_integers_have_no_key():
         encode_value(2**63)
 
 
-@given(st.lists(st.integers(min_value=-(2**64), max_value=2**64), min_size=1, max_size=4))
+@given(
+    st.lists(
+        st.one_of(st.integers(min_value=-(2**64), max_value=2**64), st.none()),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_the_integer_prefix_encoder_writes_what_encode_values_writes(values):
     encode = ints_encoder(len(values))
-    if all(-(2**63) <= v < 2**63 for v in values):
+    if all(v is None or -(2**63) <= v < 2**63 for v in values):
         assert encode(values) == encode_values(values)
     else:
         with pytest.raises(KeyEncodingError):

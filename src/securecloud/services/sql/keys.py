@@ -85,15 +85,16 @@ def encode_values(values: Sequence[Value], descending: Sequence[bool] | None = N
 
 
 def ints_encoder(count: int):
-    """encode_values for `count` ascending integers by one struct call (a key probe's
-    prefix: the engine builds one for every lookup of a join); an integer beyond 64 bits
-    raises KeyEncodingError as encode_values does."""
+    """encode_values for `count` ascending integers by one struct call (a row's key at
+    every insert, a key probe's prefix at every lookup of a join); anything else (a
+    NULL, an integer beyond 64 bits) goes to encode_values, which encodes it or says
+    what is wrong."""
     packer = struct.Struct(">" + "BQ" * count).pack
 
     def encode(values: Sequence[int]) -> bytes:
         try:
             return packer(*[part for v in values for part in (INT, v + SIGN)])
-        except struct.error:
+        except (TypeError, struct.error):
             return encode_values(values)
 
     return encode

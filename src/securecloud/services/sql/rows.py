@@ -16,8 +16,13 @@ import numpy as np
 
 from securecloud.services.sql.catalog import PRIMARY, Table
 from securecloud.services.sql.errors import NotNullViolation, TypeMismatch
-from securecloud.services.sql.keys import INT, decode_values, encode_values, index_prefix
 from securecloud.services.sql.keys import SIGN as _SIGN
+from securecloud.services.sql.keys import (
+    decode_values,
+    encode_values,
+    index_prefix,
+    ints_encoder,
+)
 
 _CODES = {"integer": "q", "real": "d", "text": "I", "blob": "I"}
 _ZERO = {"integer": 0, "real": 0.0, "text": 0, "blob": 0}
@@ -87,10 +92,8 @@ class RowCodec:
         if all(table.column(c).affinity == "integer" for c in table.primary_key):
             self.int_keys = struct.Struct(">" + "xQ" * len(table.primary_key))
         # the same keys packed by one struct call (tag, then value + 2**63, per column)
-        self.key_pack = (
-            struct.Struct(">" + "BQ" * len(table.primary_key)).pack
-            if self.int_keys is not None
-            else None
+        self.encode_key = (
+            ints_encoder(len(table.primary_key)) if self.int_keys is not None else encode_values
         )
         self.no_nulls = bytes(self.bitmap)
         combined = self.key_positions + self.positions  # key values, then value columns
@@ -123,14 +126,7 @@ class RowCodec:
 
     def primary_key(self, row: list) -> bytes:
         """The row's key (keys.encode_values after the table's prefix)."""
-        if self.key_pack is not None:
-            try:
-                return self.primary_prefix + self.key_pack(
-                    *[part for i in self.key_positions for part in (INT, row[i] + _SIGN)]
-                )
-            except (TypeError, struct.error):
-                pass  # a NULL or a number beyond 64 bits: encode_values says what is wrong
-        return self.primary_prefix + encode_values([row[i] for i in self.key_positions])
+        return self.primary_prefix + self.encode_key([row[i] for i in self.key_positions])
 
     def encode(self, row: list) -> bytes:
         """`row`: every column of the table, coerced; only value columns are packed."""
