@@ -204,15 +204,11 @@ class Supervisor:
         las_url: str,
         kvs_url: str,
         cache_mb: int = 64,
-        spin_us: int | None = None,
     ) -> Running:
-        """CascaDB (`sql serve`): PostgreSQL protocol on `port`, HTTPS on `http_port`;
-        `spin_us` None: the server's default."""
+        """CascaDB (`sql serve`): PostgreSQL protocol on `port`, HTTPS on `http_port`."""
         args = ["sql", "serve", "--data-dir", str(self.data_dir), "--port", str(port)]
         args += ["--http-port", str(http_port), "--cas", cas_url, "--las", las_url]
         args += ["--kvs-url", kvs_url, "--cache-mb", str(cache_mb)]
-        if spin_us is not None:
-            args += ["--spin-us", str(spin_us)]
         return self.start(
             "sql",
             args,
