@@ -217,11 +217,7 @@ def create_app(gateway: Gateway, keys: KeyStore) -> FastAPI:
         body = await request.body()
         if request.headers.get("content-type", "").startswith(batchwire.MEDIA_TYPE):
             try:
-                operations = [
-                    BatchOp(key=o.key, data=o.data, delete=o.delete, policy=o.policy,
-                            if_match=o.if_match)
-                    for o in batchwire.decode(body)
-                ]  # fmt: skip
+                operations = [BatchOp(**o._asdict()) for o in batchwire.decode(body)]
             except batchwire.BatchFormatError as exc:
                 raise BadRequest(str(exc), reason="bad-batch") from None
         else:
